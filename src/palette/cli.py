@@ -1,0 +1,186 @@
+"""`palette` command line: each subcommand parses its flags and calls one library function.
+
+    palette train --config configs/tiny.yaml --set train.steps=200 --run-dir runs/tiny
+    palette sample --checkpoint runs/tiny --task inpainting --input inputs/ --mask masks/ --output out/
+    palette degrade --task jpeg --input photos/ --output evalset/ --size 64
+    palette evaluate --pred out/ --target evalset/targets --out results.json
+    palette demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import SamplerName
+from .masks import MaskKind
+from .tasks import TaskName
+
+TASKS = list(TaskName.__args__)
+SAMPLERS = list(SamplerName.__args__)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .training import train
+
+    if args.resume:
+        if args.config:
+            raise SystemExit("palette train: give --resume RUN_DIR or --config FILE, not both")
+        from .checkpoint import latest_checkpoint, read_checkpoint
+        from .config import apply_overrides, config_from_dict, config_to_dict
+
+        folder = latest_checkpoint(args.resume)
+        if folder is None:
+            raise SystemExit(f"palette train: {args.resume}: no checkpoint to resume from")
+        config = config_from_dict(apply_overrides(config_to_dict(read_checkpoint(folder)["config"]), args.set))
+        train(config, args.resume, resume=True)
+        return
+    if not args.config:
+        raise SystemExit("palette train: --config FILE is required (or --resume RUN_DIR)")
+    config = load_config(args.config, args.set)
+    run_dir = args.run_dir or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    train(config, run_dir)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from .inference import sample_folder
+
+    written = sample_folder(args.checkpoint, args.task, args.input, args.output, mask=args.mask, sampler=args.sampler,
+                            steps=args.steps, num_samples=args.num_samples, seed=args.seed,
+                            batch_size=args.batch_size, device=args.device)
+    print(f"wrote {len(written)} image(s) to {args.output}")
+
+
+def _degrade(args: argparse.Namespace) -> None:
+    from .degrade import degrade_folder
+
+    count = degrade_folder(args.task, args.input, args.output, seed=args.seed, size=args.size,
+                           mask_kind=args.mask_kind, quality=args.quality)
+    print(f"wrote {count} degraded example(s) to {args.output}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_folders, format_table
+
+    metrics = args.metrics.split(",") if args.metrics else None
+    results = evaluate_folders(
+        args.pred, args.target, input_dir=args.input, metrics=metrics, inception_weights=args.inception_weights,
+        resnet50_weights=args.resnet50_weights, inception_v1_weights=args.inception_v1_weights,
+        lpips_weights=args.lpips_weights, reference_stats=args.reference_stats, labels=args.labels,
+        device=args.device, batch_size=args.batch_size, save_stats=args.save_stats, model=args.model, task=args.task)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print(format_table(results))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import render_report
+
+    print(f"wrote {render_report(args.results, args.out)}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(output=args.output, input=args.input, checkpoint=args.checkpoint, steps=args.steps, device=args.device)
+
+
+def _data(args: argparse.Namespace) -> None:
+    from .wallpapers import build_wallpapers
+
+    print(f"dataset written to {build_wallpapers(args.out, short_side=args.short_side, seed=args.seed)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="palette", description="Palette image-to-image diffusion models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model from a YAML config, or resume a run")
+    train.add_argument("--config", help="YAML config file (see configs/)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. train.steps=1000 (repeatable)")
+    train.add_argument("--run-dir", type=Path, help="where checkpoints, logs and samples go")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.set_defaults(handler=_train)
+
+    sample = commands.add_parser("sample", help="restore degraded images with a trained model (no ground truth)")
+    sample.add_argument("--checkpoint", required=True, help="a .safetensors file, checkpoint folder or run folder")
+    sample.add_argument("--task", required=True, choices=TASKS)
+    sample.add_argument("--input", required=True, help="a degraded image or a folder of them")
+    sample.add_argument("--mask", help="mask PNG or folder of masks named like the inputs (white = generate)")
+    sample.add_argument("--output", required=True)
+    sample.add_argument("--sampler", choices=SAMPLERS, help="default: the model's configured sampler")
+    sample.add_argument("--steps", type=int, help="sampling steps (default: the model's configured steps)")
+    sample.add_argument("--num-samples", type=int, default=1, help="samples per input, written as <stem>_<k>.png")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--batch-size", type=int, default=8)
+    sample.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    sample.set_defaults(handler=_sample)
+
+    degrade = commands.add_parser("degrade", help="make an evaluation set: inputs/, masks/, targets/")
+    degrade.add_argument("--task", required=True, choices=TASKS)
+    degrade.add_argument("--input", required=True, help="folder of clean images")
+    degrade.add_argument("--output", required=True)
+    degrade.add_argument("--seed", type=int, default=0)
+    degrade.add_argument("--size", type=int, help="centre-crop and resize to SIZE x SIZE")
+    degrade.add_argument("--mask-kind", choices=list(MaskKind.__args__), help="inpainting masks or uncropping side")
+    degrade.add_argument("--quality", type=int, help="JPEG quality (default: drawn from Palette's distribution)")
+    degrade.set_defaults(handler=_degrade)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of predictions against targets")
+    evaluate.add_argument("--pred", required=True)
+    evaluate.add_argument("--target", required=True)
+    evaluate.add_argument("--input")
+    evaluate.add_argument("--metrics", help="comma-separated metric names (default: all available)")
+    for flag in ("inception-weights", "resnet50-weights", "inception-v1-weights", "lpips-weights",
+                 "reference-stats", "labels", "save-stats"):
+        evaluate.add_argument(f"--{flag}")
+    evaluate.add_argument("--out", help="write the results as JSON here")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--model", help="model name recorded in the results (for reports)")
+    evaluate.add_argument("--task", help="task name recorded in the results (for reports)")
+    evaluate.set_defaults(handler=_evaluate)
+
+    report = commands.add_parser("report", help="paper-style tables from evaluate results")
+    report.add_argument("results", nargs="+")
+    report.add_argument("--out", required=True)
+    report.set_defaults(handler=_report)
+
+    demo = commands.add_parser("demo", help="all four tasks on example images (or --input) -> demo/index.html")
+    demo.add_argument("--input", help="your own image instead of the bundled examples")
+    demo.add_argument("--output", default="demo")
+    demo.add_argument("--checkpoint", help="default: the shipped model")
+    demo.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    demo.add_argument("--device", default="cpu")
+    demo.set_defaults(handler=_demo)
+
+    data = commands.add_parser("data", help="build a benchmark dataset")
+    data.add_argument("name", choices=["wallpapers"])
+    data.add_argument("--out", required=True)
+    data.add_argument("--short-side", type=int, default=768)
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(handler=_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .imageio import ImageError
+
+    try:
+        args.handler(args)
+    except (ConfigError, ImageError, CheckpointError, FileNotFoundError, ValueError) as error:
+        print(f"palette {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Turn a folder of clean images into the inputs, masks and targets a user of a task would have.
+
+    degrade_folder("inpainting", "clean/", "out/", seed=0, size=256, mask_kind="free_form_10_20")
+    # -> out/inputs/<stem>.png, out/masks/<stem>.png, out/targets/<stem>.png
+
+Colorization inputs are 1-channel gray PNGs, JPEG inputs are real .jpg files, and inpainting or
+uncropping inputs have a mid-gray hole. Subfolders of the input folder are kept.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .data import centre_crop
+from .imageio import ImageError, list_images, open_image, pil_to_tensor
+from .masks import save_mask
+from .tasks import get_task
+
+
+def _task_options(task: str, mask_kind: str | None, quality: int | None) -> dict[str, object]:
+    """The task's options from degrade_folder's arguments; an option the task lacks is a ValueError."""
+    options: dict[str, object] = {}
+    if mask_kind is not None:
+        mask_option = get_task(task).mask_option
+        if mask_option is None:
+            raise ValueError(f"task {task!r} has no option 'mask_kind': it uses no mask")
+        options[mask_option] = mask_kind
+    if quality is not None:
+        options["quality"] = quality
+    return options
+
+
+def _check_unique_names(paths: list[Path], input_dir: Path) -> None:
+    """Two inputs differing only in suffix would overwrite each other's outputs."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        name = path.relative_to(input_dir).with_suffix("")
+        if name in seen:
+            raise ImageError(f"{seen[name]} and {path} would both be written as {name}")
+        seen[name] = path
+
+
+def degrade_folder(
+    task: str,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    seed: int = 0,
+    size: int | None = None,
+    mask_kind: str | None = None,
+    quality: int | None = None,
+) -> int:
+    """Write inputs/, masks/ (tasks with a known region) and targets/ under output_dir; returns the count.
+
+    Image i of the sorted folder uses rng default_rng([seed, i]), so outputs do not depend on which
+    other files are readable. Unreadable files are skipped with a warning.
+    """
+    degrader = get_task(task, **_task_options(task, mask_kind, quality))
+    if size is not None and size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    paths = list_images(input_dir)
+    _check_unique_names(paths, input_dir)
+    written = 0
+    for index, path in enumerate(paths):
+        try:
+            clean = open_image(path)
+        except ImageError as error:
+            warnings.warn(f"skipping {error}", stacklevel=2)
+            continue
+        if size is not None:
+            clean = centre_crop(clean, size)
+        name = path.relative_to(input_dir).with_suffix("")
+        user_input = degrader.simulate_input(pil_to_tensor(clean), np.random.default_rng([seed, index]))
+        input_path = output_dir / "inputs" / f"{name}{user_input.suffix}"
+        input_path.parent.mkdir(parents=True, exist_ok=True)
+        input_path.write_bytes(user_input.data)
+        if user_input.mask is not None:
+            save_mask(user_input.mask, output_dir / "masks" / f"{name}.png")
+        target_path = output_dir / "targets" / f"{name}.png"
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        clean.save(target_path)
+        written += 1
+    if not written:
+        raise ImageError(f"{input_dir}: no usable image")
+    return written

@@ -1,0 +1,120 @@
+"""`palette demo`: all four tasks on example images with the shipped model -> demo/index.html and PNG grids.
+
+    run_demo()                                  # bundled examples, shipped model
+    run_demo(input="my_photo.jpg")              # your own image
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .data import centre_crop
+from .imageio import list_images, open_image, pil_to_tensor, save_image
+from .inference import Model, load_model, restore
+from .tasks import Task, get_task
+
+SHIPPED_MODEL = "palette-multitask-64.safetensors"
+DISPLAY_SCALE = 3  # the model works at 64 px; grids are enlarged with nearest-neighbour so pixels stay honest
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    title: str
+    task: Task
+
+
+DEMO_CASES = (
+    DemoCase("Colorization of a grayscale photo", get_task("colorization")),
+    DemoCase("Inpainting a free-form hole", get_task("inpainting", mask_kind="free_form_20_30")),
+    DemoCase("Inpainting a centre box", get_task("inpainting", mask_kind="centre")),
+    DemoCase("Uncropping the right half", get_task("uncropping", side="right")),
+    DemoCase("JPEG restoration at quality 10", get_task("jpeg", quality=10)),
+)
+DIVERSITY_SAMPLES = 4
+
+
+def shipped_model_path() -> Path:
+    return Path(str(resources.files("palette") / "assets" / SHIPPED_MODEL))
+
+
+def example_images() -> list[Path]:
+    return list_images(Path(str(resources.files("palette") / "assets" / "examples")))
+
+
+def _user_view(case: DemoCase, clean: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a user would hand to `palette sample` (decoded), plus the model's condition and mask for it."""
+    rng = np.random.default_rng(seed)
+    user = case.task.simulate_input(clean, rng)
+    with Image.open(io.BytesIO(user.data)) as image:
+        shown = pil_to_tensor(image.convert("RGB"))
+    degraded = case.task.condition_from_input(shown, user.mask, rng)
+    return shown, degraded.condition, degraded.mask
+
+
+def _grid(rows: list[list[torch.Tensor]], path: Path) -> None:
+    image = torch.cat([torch.cat(row, dim=2) for row in rows], dim=1)
+    size = image.shape[1:]
+    save_image(image, path)
+    with Image.open(path) as saved:
+        saved.resize((size[1] * DISPLAY_SCALE, size[0] * DISPLAY_SCALE), Image.NEAREST).save(path)
+
+
+def run_demo(output: str | Path = "demo", input: str | Path | None = None, checkpoint: str | Path | None = None,
+             steps: int | None = None, device: str = "cpu", seed: int = 0) -> Path:
+    """Restore every demo case and write `output/index.html`; returns its path."""
+    start = time.perf_counter()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    model: Model = load_model(checkpoint or shipped_model_path(), device)
+    size = model.image_size
+    paths = [Path(input)] if input else example_images()
+    cleans = [pil_to_tensor(centre_crop(open_image(p), size)) for p in paths]
+    sections = []
+    for case_index, case in enumerate(tqdm(DEMO_CASES, desc="demo")):
+        views = [_user_view(case, clean, seed + 100 * case_index + i) for i, clean in enumerate(cleans)]
+        outputs = restore(model, torch.stack([v[1] for v in views]), torch.stack([v[2] for v in views]),
+                          steps=steps, seed=seed).cpu()
+        name = case.task.name if case.task.name != "inpainting" else f"inpainting_{case.task.mask_kind}"
+        _grid([[v[0], o, c] for v, o, c in zip(views, outputs, cleans)], output / f"{name}.png")
+        sections.append((case.title, f"{name}.png", "input | output | original"))
+
+    # The denoising process for one image, and several samples for one input (Palette Fig. 5-style).
+    case = DEMO_CASES[2]
+    shown, condition, mask = _user_view(case, cleans[0], seed)
+    frames: list[torch.Tensor] = []
+    restore(model, condition[None], mask[None], steps=steps, seed=seed,
+            callback=lambda index, x, predicted: frames.append(x[0].cpu().clamp(-1, 1)))
+    picks = np.linspace(0, len(frames) - 1, min(8, len(frames))).round().astype(int)
+    _grid([[shown] + [frames[i] for i in picks]], output / "denoising.png")
+    sections.append(("Denoising process", "denoising.png", "input, then x_t from the noisiest step to the last"))
+    samples = restore(model, condition[None].repeat(DIVERSITY_SAMPLES, 1, 1, 1),
+                      mask[None].repeat(DIVERSITY_SAMPLES, 1, 1, 1), steps=steps, seed=seed + 1).cpu()
+    _grid([[shown, *samples, cleans[0]]], output / "diversity.png")
+    sections.append(("Diversity", "diversity.png", f"input | {DIVERSITY_SAMPLES} samples | original"))
+
+    elapsed = time.perf_counter() - start
+    sampler = model.config.sampling.sampler
+    used_steps = steps or model.config.sampling.steps
+    page = output / "index.html"
+    body = "\n".join(f"<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p><img src=\"{html.escape(file)}\">"
+                     for title, file, caption in sections)
+    page.write_text(
+        "<!doctype html><meta charset=\"utf-8\"><title>Palette demo</title>"
+        "<style>body{font-family:sans-serif;margin:2em}img{image-rendering:pixelated;max-width:100%}</style>"
+        f"<h1>Palette demo</h1><p>{len(paths)} image(s) at {size}&times;{size}, sampler {sampler}, {used_steps} steps, "
+        f"{elapsed:.1f} s on {model.device}.</p>\n{body}\n")
+    print(f"demo page: {page.resolve()}")
+    for _, file, _ in sections:
+        print(f"grid: {(output / file).resolve()}")
+    print(f"done in {elapsed:.1f} s")
+    return page

@@ -1,0 +1,87 @@
+"""Pure tensor math of Palette's diffusion: schedules, noise-level sampling, forward noising, parameterisations.
+
+The noise level is gamma = prod(1 - beta) (written alpha-bar in DDPM), so x_t = sqrt(gamma) x_0 + sqrt(1 - gamma) eps.
+Nothing here holds a network.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_betas(num_steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """Linear beta schedule in float64 (Ho et al. 2020, §4)."""
+    return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+
+
+def noise_levels(betas: torch.Tensor) -> torch.Tensor:
+    """gamma_t = prod_{s<=t} (1 - beta_s), with gamma_0 = 1 prepended: shape [T + 1]."""
+    return torch.cat([torch.ones(1, dtype=betas.dtype), torch.cumprod(1 - betas, dim=0)])
+
+
+def sample_noise_level(levels: torch.Tensor, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw t ~ U{1..T}, then gamma ~ U(gamma_t, gamma_{t-1}) (SR3 §2.4, WaveGrad §3): float32 [batch]."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    steps = torch.randint(1, len(levels), (batch,), generator=generator, device=device)
+    fraction = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+    levels = levels.to(device)
+    low, high = levels[steps], levels[steps - 1]
+    return (low + fraction * (high - low)).float()
+
+
+def _expand(noise_level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return noise_level.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def q_sample(clean: torch.Tensor, noise_level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(gamma) x_0 + sqrt(1 - gamma) eps (Palette eq. 2)."""
+    gamma = _expand(noise_level, clean)
+    return gamma.sqrt() * clean + (1 - gamma).sqrt() * noise
+
+
+def x0_from_eps(x_t: torch.Tensor, noise_level: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Invert q_sample given the noise."""
+    gamma = _expand(noise_level, x_t)
+    return (x_t - (1 - gamma).sqrt() * eps) / gamma.sqrt()
+
+
+def v_target(clean: torch.Tensor, noise_level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(gamma) eps - sqrt(1 - gamma) x_0 (Salimans & Ho 2022, §4)."""
+    gamma = _expand(noise_level, clean)
+    return gamma.sqrt() * noise - (1 - gamma).sqrt() * clean
+
+
+def x0_from_v(x_t: torch.Tensor, noise_level: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """x_0 = sqrt(gamma) x_t - sqrt(1 - gamma) v."""
+    gamma = _expand(noise_level, x_t)
+    return gamma.sqrt() * x_t - (1 - gamma).sqrt() * v
+
+
+def log_snr(noise_level: torch.Tensor) -> torch.Tensor:
+    """lambda = log(gamma / (1 - gamma)), computed stably in float64 then cast back."""
+    gamma = noise_level.double().clamp(1e-30, 1 - 1e-12)
+    return (gamma.log() - torch.log1p(-gamma)).to(noise_level.dtype)
+
+
+def noise_level_to_timestep(noise_level: torch.Tensor, log_snr_range: tuple[float, float]) -> torch.Tensor:
+    """Map gamma to [0, 1000] linearly in log-SNR, clipped to `log_snr_range` (noisy end = 1000).
+
+    A sinusoidal timestep embedding resolves integer-scale differences; raw gamma in (0, 1] would leave
+    most levels indistinguishable, so the training schedule's log-SNR range is spread over 0..1000.
+    """
+    low, high = log_snr_range
+    position = (high - log_snr(noise_level.float()).clamp(low, high)) / (high - low)
+    return 1000.0 * position
+
+
+def training_log_snr_range(levels: torch.Tensor) -> tuple[float, float]:
+    """The log-SNR span the training schedule visits: from its noisiest level to its first step."""
+    return float(log_snr(levels[-1:])), float(log_snr(levels[1:2]))
+
+
+def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "l2") -> torch.Tensor:
+    """Per-sample mean error over the region to generate (mask = 1): shape [N]."""
+    error = (prediction.float() - target.float())
+    error = error.square() if kind == "l2" else error.abs()
+    weight = mask.float().expand_as(error)
+    return (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)

@@ -1,0 +1,179 @@
+"""Restoring images with a trained model: load a checkpoint, build the denoiser, sample batches and folders.
+
+    model = load_model("runs/demo")                    # a run folder, checkpoint folder or .safetensors file
+    outputs = restore(model, condition, mask, sampler="dpmpp", steps=20, seed=0)
+    sample_folder("model.safetensors", "inpainting", "inputs/", "out/", mask="masks/")
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import CheckpointError, load_weights, resolve_weights
+from .config import Config
+from .diffusion import x0_from_eps, x0_from_v
+from .imageio import ImageError, list_images, load_image, resize_image, save_image
+from .masks import load_mask
+from .network import PaletteNet
+from .samplers import Denoiser, StepCallback, make_scheduler, run_sampler
+from .tasks import get_task
+
+
+@dataclass
+class Model:
+    """A network with its config, ready to sample."""
+
+    net: PaletteNet
+    config: Config
+    device: torch.device
+
+    @property
+    def image_size(self) -> int:
+        return self.config.data.image_size
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device | None = None) -> Model:
+    """Load EMA weights and their config from a checkpoint; no config file is needed."""
+    path = resolve_weights(checkpoint)
+    state, config = load_weights(path)
+    net = PaletteNet.from_config(config)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the stored config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    device = torch.device(device) if device else default_device()
+    return Model(net.to(device).eval().requires_grad_(False), config, device)
+
+
+def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor) -> Denoiser:
+    """Turn the network's eps or v output into a clipped x0 prediction (SR3 / Palette clip the estimate)."""
+    objective = config.diffusion.objective
+    use_bf16 = condition.device.type == "cuda" and config.train.precision == "bf16"
+
+    def denoise(noisy: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            output = net(noisy, noise_level, condition).float()
+        clean = x0_from_eps(noisy, noise_level, output) if objective == "eps" else x0_from_v(noisy, noise_level, output)
+        return clean.clamp(-1, 1)
+
+    return denoise
+
+
+def regression_output(net: torch.nn.Module, condition: torch.Tensor) -> torch.Tensor:
+    """The regression baseline: one forward pass from the condition, at the clean noise level."""
+    zeros = torch.zeros_like(condition)
+    return net(zeros, torch.ones(condition.shape[0], device=condition.device), condition).float().clamp(-1, 1)
+
+
+@torch.no_grad()
+def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: str | None = None,
+            steps: int | None = None, seed: int = 0, callback: StepCallback | None = None) -> torch.Tensor:
+    """Restore a batch: condition [N,3,H,W], mask [N,1,H,W] (1 = generate) -> images [N,3,H,W] in [-1,1]."""
+    config = model.config
+    condition, mask = condition.to(model.device), mask.to(model.device)
+    known = condition if mask.amin() < 1 else None
+    if config.diffusion.objective == "regression":
+        output = regression_output(model.net, condition)
+        return output if known is None else mask * output + (1 - mask) * known
+    sampler = sampler or config.sampling.sampler
+    scheduler = make_scheduler(sampler, config.diffusion, steps or config.sampling.steps)
+    generator = torch.Generator(model.device).manual_seed(seed)
+    denoise = make_denoiser(model.net, config, condition)
+    return run_sampler(denoise, scheduler, condition.shape, known=known, mask=mask if known is not None else None,
+                       generator=generator, device=model.device, callback=callback)
+
+
+@dataclass
+class PreparedInput:
+    """One user input at the model's size, plus what is needed to go back to its own size."""
+
+    path: Path
+    condition: torch.Tensor  # [3, S, S]
+    mask: torch.Tensor       # [1, S, S], 1 = generate
+    original: torch.Tensor   # the input as given, [3, H, W]
+    original_mask: torch.Tensor | None
+
+
+def prepare_input(task_name: str, image_path: Path, mask_path: Path | None, size: int, seed: int) -> PreparedInput:
+    """A user's degraded image (and mask) -> model-size condition and mask."""
+    task = get_task(task_name)
+    original = load_image(image_path, "RGB")
+    height, width = original.shape[1:]
+    original_mask = None
+    if task.has_known_region:
+        if mask_path is None:
+            raise ImageError(f"{image_path}: task {task_name} needs a mask PNG with the same stem (--mask)")
+        original_mask = load_mask(mask_path, height, width)
+    image, mask = original, original_mask
+    if (height, width) != (size, size):
+        warnings.warn(f"{image_path}: {width}x{height} is resized to the model's {size}x{size} and back", stacklevel=2)
+        image = resize_image(original, size, size)
+        if mask is not None:
+            mask = (resize_image(mask * 2 - 1, size, size, Image.NEAREST) > 0).float()
+    degraded = task.condition_from_input(image, mask, np.random.default_rng(seed))
+    return PreparedInput(image_path, degraded.condition, degraded.mask, original, original_mask)
+
+
+def to_original_size(output: torch.Tensor, prepared: PreparedInput) -> torch.Tensor:
+    """Resize an output back to the input's size; known pixels come from the input itself, untouched."""
+    height, width = prepared.original.shape[1:]
+    if output.shape[1:] != (height, width):
+        output = resize_image(output, height, width)
+    if prepared.original_mask is not None:
+        output = prepared.original_mask * output + (1 - prepared.original_mask) * prepared.original
+    return output
+
+
+def find_mask(mask_dir: Path | None, image_path: Path) -> Path | None:
+    """The mask PNG with the image's stem: in `mask_dir` (a folder or a single file)."""
+    if mask_dir is None:
+        return None
+    if mask_dir.is_file():
+        return mask_dir
+    candidate = mask_dir / f"{image_path.stem}.png"
+    if not candidate.is_file():
+        raise ImageError(f"{candidate}: missing mask for input {image_path}")
+    return candidate
+
+
+def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: str | Path,
+                  mask: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
+                  num_samples: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
+                  progress: bool = True) -> list[Path]:
+    """Restore every image in `input` (a file or folder) and write `output/<stem>.png` (or `<stem>_<k>.png`)."""
+    from tqdm import tqdm
+
+    get_task(task)  # fail on an unknown task before loading anything
+    model = load_model(checkpoint, device)
+    if task not in model.config.data.tasks:
+        warnings.warn(f"task {task} was not in this model's training mixture {sorted(model.config.data.tasks)}",
+                      stacklevel=2)
+    input, output = Path(input), Path(output)
+    paths = [input] if input.is_file() else list_images(input)
+    if not paths:
+        raise ImageError(f"{input}: no input images")
+    mask_dir = Path(mask) if mask is not None else None
+    jobs = []  # (prepared input, sample index)
+    for path in paths:
+        prepared = prepare_input(task, path, find_mask(mask_dir, path), model.image_size, seed)
+        jobs += [(prepared, k) for k in range(num_samples)]
+    written = []
+    for start in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
+        batch = jobs[start:start + batch_size]
+        images = restore(model, torch.stack([p.condition for p, _ in batch]), torch.stack([p.mask for p, _ in batch]),
+                         sampler=sampler, steps=steps, seed=seed + start)
+        for (prepared, k), image in zip(batch, images.cpu()):
+            name = f"{prepared.path.stem}_{k}.png" if num_samples > 1 else f"{prepared.path.stem}.png"
+            save_image(to_original_size(image, prepared), output / name)
+            written.append(output / name)
+    return written

@@ -1,0 +1,278 @@
+"""Image-to-image tasks as data: a clean image and an rng become a condition and a mask.
+
+    task = get_task("inpainting", mask_kind="free_form_20_30")
+    degraded = task.degrade(image, np.random.default_rng(0))  # training / evaluation
+    degraded = task.condition_from_input(user_image, user_mask, rng)  # inference, no ground truth
+
+Adding a task means one class decorated with @register_task (and its name in TaskName).
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields, is_dataclass
+from typing import ClassVar, Literal, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .imageio import pil_to_tensor, tensor_to_pil
+from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
+
+TaskName = Literal["colorization", "inpainting", "uncropping", "jpeg"]
+
+# ITU-R BT.601 luma weights for R, G, B.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """The network's conditioning: condition [3, H, W] in [-1, 1] and mask [1, H, W], 1 = generate."""
+
+    condition: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class UserInput:
+    """The degraded file a user would bring: encoded bytes, their file suffix, and the mask if any."""
+
+    data: bytes
+    suffix: Literal[".png", ".jpg"]
+    mask: torch.Tensor | None
+
+
+class Task(ABC):
+    """One image-to-image task; subclasses are frozen dataclasses whose fields are the task's options."""
+
+    name: ClassVar[str]
+    # True where known pixels are pasted back at sampling time and the loss counts only the mask.
+    has_known_region: ClassVar[bool]
+    # The option that picks the mask (`palette degrade --mask-kind`), or None if the task has no mask.
+    mask_option: ClassVar[str | None] = None
+
+    @abstractmethod
+    def degrade(self, image: torch.Tensor, rng: np.random.Generator) -> Degraded:
+        """Clean image [3, H, W] in [-1, 1] -> condition and mask, for training and evaluation."""
+
+    @abstractmethod
+    def condition_from_input(
+        self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
+    ) -> Degraded:
+        """A user's degraded image (and mask) -> condition and mask, for inference."""
+
+    @abstractmethod
+    def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
+        """The file a user would have for this clean image.
+
+        Decoding it and calling condition_from_input with the same rng, continued, gives degrade's
+        output up to 8-bit rounding.
+        """
+
+
+TASKS: dict[str, type[Task]] = {}
+
+TaskClass = TypeVar("TaskClass", bound=type[Task])
+
+
+def register_task(task_class: TaskClass) -> TaskClass:
+    """Class decorator adding a task (a frozen dataclass) to TASKS under its name."""
+    if not is_dataclass(task_class):
+        raise TypeError(f"task {task_class.__name__} must be a dataclass")
+    TASKS[task_class.name] = task_class
+    return task_class
+
+
+def get_task(name: str, **options: object) -> Task:
+    """The task called `name`, built with `options`; unknown names or options raise ValueError."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    task_class = TASKS[name]
+    valid = [field.name for field in fields(task_class)]
+    for option in options:
+        if option not in valid:
+            raise ValueError(
+                f"task {name!r} has no option {option!r}; its options: {', '.join(valid) or 'none'}"
+            )
+    return task_class(**options)
+
+
+def _check_image(image: torch.Tensor, channels: tuple[int, ...]) -> None:
+    if image.ndim != 3 or image.shape[0] not in channels:
+        raise ValueError(f"expected an image [C, H, W] with C in {channels}, got shape {tuple(image.shape)}")
+
+
+def _check_no_mask(task: Task, mask: torch.Tensor | None) -> None:
+    if mask is not None:
+        raise ValueError(f"{task.name} takes no mask")
+
+
+def _full_mask(image: torch.Tensor) -> torch.Tensor:
+    return torch.ones(1, *image.shape[1:], dtype=torch.float32)
+
+
+def _encode(image: torch.Tensor, image_format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    tensor_to_pil(image).save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def luma(image: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma [1, H, W] of an RGB image [3, H, W] (a gray [1, H, W] image is returned as is)."""
+    _check_image(image, (1, 3))
+    if image.shape[0] == 1:
+        return image
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=image.dtype, device=image.device)
+    return (image * weights[:, None, None]).sum(dim=0, keepdim=True)
+
+
+@register_task
+@dataclass(frozen=True)
+class Colorization(Task):
+    """Gray -> colour; the condition is the BT.601 luma on all three channels."""
+
+    name: ClassVar[str] = "colorization"
+    has_known_region: ClassVar[bool] = False
+
+    def degrade(self, image: torch.Tensor, rng: np.random.Generator) -> Degraded:
+        _check_image(image, (3,))
+        return Degraded(luma(image).repeat(3, 1, 1), _full_mask(image))
+
+    def condition_from_input(
+        self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
+    ) -> Degraded:
+        _check_no_mask(self, mask)
+        return Degraded(luma(degraded_image).repeat(3, 1, 1), _full_mask(degraded_image))
+
+    def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
+        _check_image(image, (3,))
+        return UserInput(_encode(luma(image), "PNG"), ".png", None)
+
+
+class _KnownRegionTask(Task):
+    """Inpainting-like tasks: the mask is generated, the rest of the image is known."""
+
+    has_known_region: ClassVar[bool] = True
+
+    @abstractmethod
+    def draw_mask(self, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+        """The mask for one image."""
+
+    def degrade(self, image: torch.Tensor, rng: np.random.Generator) -> Degraded:
+        _check_image(image, (3,))
+        return self.condition_from_input(image, self.draw_mask(*image.shape[1:], rng), rng)
+
+    def condition_from_input(
+        self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
+    ) -> Degraded:
+        if mask is None:
+            raise ValueError(f"{self.name} needs a mask")
+        _check_image(degraded_image, (3,))
+        if mask.shape != (1, *degraded_image.shape[1:]):
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} does not match image {tuple(degraded_image.shape)}"
+            )
+        # Palette fills the unknown region of the condition with standard Gaussian noise; not clipped.
+        noise = torch.from_numpy(rng.standard_normal(degraded_image.shape, dtype=np.float32))
+        condition = torch.where(mask > 0.5, noise.to(degraded_image), degraded_image)
+        return Degraded(condition, mask.float())
+
+    def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
+        _check_image(image, (3,))
+        mask = self.draw_mask(*image.shape[1:], rng)
+        # The user's hole holds no information: mid-gray (0 in [-1, 1]).
+        with_hole = torch.where(mask > 0.5, torch.zeros_like(image), image)
+        return UserInput(_encode(with_hole, "PNG"), ".png", mask)
+
+
+@register_task
+@dataclass(frozen=True)
+class Inpainting(_KnownRegionTask):
+    """Fill a masked region; `mask_kind` picks the masks (default: the Palette training mix)."""
+
+    name: ClassVar[str] = "inpainting"
+    mask_option: ClassVar[str | None] = "mask_kind"
+    mask_kind: MaskKind = "train"
+
+    def __post_init__(self) -> None:
+        check_mask_kind(self.mask_kind)
+
+    def draw_mask(self, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+        return make_mask(self.mask_kind, height, width, rng)
+
+
+@register_task
+@dataclass(frozen=True)
+class Uncropping(_KnownRegionTask):
+    """Extend an image by half; `side` picks which half (None: uniform over sides and frame)."""
+
+    name: ClassVar[str] = "uncropping"
+    mask_option: ClassVar[str | None] = "side"
+    side: UncropSide | None = None
+
+    def __post_init__(self) -> None:
+        if self.side is not None and self.side not in UNCROP_SIDES:
+            raise ValueError(f"unknown uncropping side {self.side!r}; valid sides: {', '.join(UNCROP_SIDES)}")
+
+    def draw_mask(self, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+        return uncropping_mask(height, width, rng, self.side)
+
+
+def sample_jpeg_quality(rng: np.random.Generator, low: int = 5, high: int = 30) -> int:
+    """A JPEG quality factor in [low, high] with p(Q) ∝ exp(-Q/10) (Palette App. B)."""
+    qualities = np.arange(low, high + 1)
+    weights = np.exp(-qualities / 10)
+    return int(rng.choice(qualities, p=weights / weights.sum()))
+
+
+def _check_quality(quality: int) -> None:
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be an integer in [1, 100], got {quality!r}")
+
+
+def jpeg_bytes(image: torch.Tensor, quality: int) -> bytes:
+    """Encode an image [3, H, W] in [-1, 1] as JPEG at `quality` (Pillow, default subsampling)."""
+    _check_quality(quality)
+    return _encode(image, "JPEG", quality=quality)
+
+
+def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """The image after JPEG compression at `quality` and decoding, [3, H, W] in [-1, 1]."""
+    with Image.open(io.BytesIO(jpeg_bytes(image, quality))) as decoded:
+        return pil_to_tensor(decoded.convert("RGB"))
+
+
+@register_task
+@dataclass(frozen=True)
+class JpegRestoration(Task):
+    """Remove JPEG artefacts; `quality` fixes Q, None samples it as in Palette App. B."""
+
+    name: ClassVar[str] = "jpeg"
+    has_known_region: ClassVar[bool] = False
+    quality: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quality is not None:
+            _check_quality(self.quality)
+
+    def draw_quality(self, rng: np.random.Generator) -> int:
+        """The quality for one image."""
+        return sample_jpeg_quality(rng) if self.quality is None else self.quality
+
+    def degrade(self, image: torch.Tensor, rng: np.random.Generator) -> Degraded:
+        _check_image(image, (3,))
+        return Degraded(jpeg_roundtrip(image, self.draw_quality(rng)), _full_mask(image))
+
+    def condition_from_input(
+        self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
+    ) -> Degraded:
+        _check_no_mask(self, mask)
+        _check_image(degraded_image, (3,))
+        return Degraded(degraded_image, _full_mask(degraded_image))
+
+    def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
+        _check_image(image, (3,))
+        return UserInput(jpeg_bytes(image, self.draw_quality(rng)), ".jpg", None)
+

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from palette.config import (NETWORK_PRESETS, ConfigError, config_from_dict, config_to_dict, load_config,
+                            save_config)
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_every_bundled_config_loads():
+    names = {p.stem for p in CONFIGS}
+    assert {"colorization", "inpainting", "uncropping", "jpeg", "multitask", "tiny"} <= names
+    for path in CONFIGS:
+        config = load_config(path)
+        assert config.data.tasks
+
+
+def test_multitask_config_mixes_all_four_tasks_equally():
+    config = load_config(Path(__file__).parent.parent / "configs" / "multitask.yaml")
+    assert config.data.tasks == {"colorization": 1.0, "inpainting": 1.0, "uncropping": 1.0, "jpeg": 1.0}
+
+
+def test_preset_fills_fields_and_explicit_keys_override():
+    config = config_from_dict({"network": {"preset": "base", "dropout": 0.1}})
+    assert config.network.base_channels == NETWORK_PRESETS["base"]["base_channels"] == 64
+    assert config.network.dropout == 0.1
+
+
+def test_overrides_and_round_trip(tmp_path):
+    path = Path(__file__).parent.parent / "configs" / "tiny.yaml"
+    config = load_config(path, ["train.steps=7", "data.tasks={jpeg: 2}", "sampling.sampler=ddim"])
+    assert config.train.steps == 7 and config.data.tasks == {"jpeg": 2.0} and config.sampling.sampler == "ddim"
+    save_config(config, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"train": {"stpes": 3}}, ["stpes", "steps"]),
+    ({"trian": {}}, ["trian"]),
+    ({"sampling": {"sampler": "euler"}}, ["sampling.sampler", "euler", "dpmpp"]),
+    ({"diffusion": {"objective": "x0"}}, ["diffusion.objective", "regression"]),
+    ({"train": {"steps": "many"}}, ["train.steps", "many"]),
+    ({"network": {"preset": "huge"}}, ["network.preset", "huge", "paper"]),
+    ({"data": {"tasks": {"deblur": 1}}}, ["deblur", "colorization"]),
+    ({"data": {"image_size": 50}}, ["data.image_size", "50"]),
+])
+def test_bad_values_name_the_key(values, words):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(values)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_bad_override_and_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="train.bogus|bogus"):
+        load_config(None, ["train.bogus=1"])
+    with pytest.raises(ConfigError, match="section"):
+        load_config(None, ["nosuch.steps=1"])
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {steps: [}")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)

@@ -1,0 +1,40 @@
+import torch
+
+from palette.config import config_from_dict
+from palette.network import PaletteNet, build_unet, count_parameters
+
+
+def _count_on_meta(preset: str, size: int) -> int:
+    config = config_from_dict({"network": {"preset": preset}, "data": {"image_size": size}})
+    with torch.device("meta"):
+        return count_parameters(build_unet(config.network, size))
+
+
+def test_paper_and_base_parameter_counts():
+    # Palette App. A: ADM-256 at 256 channels is about 552M parameters; `base` is the 62.6M net.
+    assert _count_on_meta("paper", 256) == 552_812_035
+    assert _count_on_meta("base", 256) == 62_640_323
+
+
+def test_attention_is_placed_by_resolution():
+    config = config_from_dict({"network": {"preset": "paper"}, "data": {"image_size": 256}})
+    with torch.device("meta"):
+        unet = build_unet(config.network, 256)
+    attended = [type(block).__name__.startswith("Attn") for block in unet.down_blocks]
+    assert attended == [False, False, False, True, True, True]  # 256, 128, 64 | 32, 16, 8
+
+
+def test_wrapper_shapes_zero_init_and_noise_level_sensitivity():
+    config = config_from_dict({"network": {"preset": "tiny"}, "data": {"image_size": 16}})
+    torch.manual_seed(0)
+    net = PaletteNet.from_config(config)
+    x, condition = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    out = net(x, torch.tensor([0.9, 0.1]), condition)
+    assert out.shape == (2, 3, 16, 16)
+    assert torch.count_nonzero(out) == 0  # zero-initialised output convolution
+    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.1)
+    a = net(x, torch.tensor([0.9, 0.9]), condition)
+    b = net(x, torch.tensor([0.8, 0.8]), condition)
+    assert (a - b).abs().max() > 1e-4  # nearby noise levels give different outputs
+    c = net(x, torch.tensor([0.9, 0.9]), condition + 0.5)
+    assert (a - c).abs().max() > 1e-4  # the condition reaches the output

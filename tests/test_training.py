@@ -1,0 +1,121 @@
+"""Training: bit-exact resume, the DDP gloo run, the regression baseline, and bad data."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from palette.checkpoint import latest_checkpoint, read_checkpoint
+from palette.config import config_from_dict
+from palette.imageio import ImageError
+from palette.inference import load_model, restore
+from palette.training import train
+
+from conftest import tiny_values, write_images
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path):
+    whole = train(tiny_config, tmp_path / "whole", progress=False)
+    stopped = replace(tiny_config, train=replace(tiny_config.train, steps=3))
+    train(stopped, tmp_path / "split", progress=False)
+    resumed = train(tiny_config, tmp_path / "split", resume=True, progress=False)
+    assert len(_losses(tmp_path / "whole")) == 6
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")  # bit-exact on CPU
+    for name, value in whole.net.state_dict().items():
+        assert torch.equal(value, resumed.net.state_dict()[name]), name
+    state = read_checkpoint(latest_checkpoint(tmp_path / "split"))
+    assert state["step"] == 6 and state["config"] == tiny_config
+    for name, value in whole.ema.state_dict().items():
+        assert torch.equal(value, state["ema"][name]), name
+
+
+def test_checkpoints_are_complete_and_pruned(tiny_config, tmp_path):
+    config = replace(tiny_config, train=replace(tiny_config.train, checkpoint_every=1, keep_checkpoints=2))
+    train(config, tmp_path / "run", progress=False)
+    folders = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert folders == ["latest", "step_00000005", "step_00000006"]  # no temp folders left behind
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    # The EMA differs from the raw weights and is what sampling loads.
+    state = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000006")
+    assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in state["model"])
+    model = load_model(tmp_path / "run", "cpu")
+    assert all(torch.equal(v, state["ema"][k]) for k, v in model.net.state_dict().items())
+
+
+def test_training_lowers_the_loss_of_a_fixed_batch(image_folder, tmp_path):
+    config = config_from_dict(tiny_values(image_folder, steps=60, checkpoint_every=60, lr=3e-3))
+    result = train(config, tmp_path / "run", progress=False)
+    losses = _losses(tmp_path / "run")
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:3]) / 3
+    assert result.checkpoint.name == "step_00000060"
+
+
+def test_regression_baseline_trains_and_samples_in_one_pass(image_folder, tmp_path):
+    values = tiny_values(image_folder, steps=4)
+    values["diffusion"] = {"objective": "regression"}
+    train(config_from_dict(values), tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run", "cpu")
+    calls = []
+    model.net.register_forward_hook(lambda *args: calls.append(1))
+    condition, mask = torch.zeros(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
+    output = restore(model, condition, mask, sampler="ddpm", steps=50)
+    assert output.shape == (2, 3, 16, 16) and len(calls) == 1
+
+
+def test_a_corrupt_image_is_skipped_with_a_warning_naming_it(image_folder, tmp_path):
+    (image_folder / "broken.png").write_bytes(b"not a png at all")
+    config = config_from_dict(tiny_values(image_folder, steps=1))
+    with pytest.warns(UserWarning, match="broken.png") as caught:
+        train(config, tmp_path / "run", progress=False)
+    assert any("skipped 1 unreadable image(s) of 4" in str(w.message) for w in caught)
+
+
+def test_a_folder_without_usable_images_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="empty: no usable image"):
+        train(config_from_dict(tiny_values(tmp_path / "empty")), tmp_path / "run", progress=False)
+
+
+def test_a_list_file_is_a_data_source(image_folder, tmp_path):
+    listing = tmp_path / "train.txt"
+    listing.write_text("images/image0.png\nimages/image2.png\n")
+    result = train(config_from_dict(tiny_values(listing, steps=1)), tmp_path / "run", progress=False)
+    assert result.checkpoint is not None
+
+
+def test_ddp_with_two_gloo_processes_ends_with_identical_weights(image_folder, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        import torch.distributed as dist
+        from safetensors.torch import save_file
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from conftest import tiny_values
+        from palette.config import config_from_dict
+        from palette.training import train
+        torch.set_num_threads(1)
+        result = train(config_from_dict(tiny_values({str(image_folder)!r}, steps=3)), {str(tmp_path / "run")!r},
+                       progress=False)
+        save_file(result.net.state_dict(), {str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.safetensors")
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                    str(script)], check=True, env=env, timeout=300, cwd=tmp_path)
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    # The two ranks saw different data, so the run is not just a single-process run twice.
+    single = train(config_from_dict(tiny_values(image_folder, steps=3)), tmp_path / "single", progress=False)
+    assert any(not torch.equal(rank0[k], v) for k, v in single.net.state_dict().items())
