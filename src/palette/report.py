@@ -1,0 +1,130 @@
+"""Markdown tables in the layout of Palette's result tables, from `palette evaluate` JSON files.
+
+    render_report(["runs/palette-inpainting.json", "runs/regression-inpainting.json"], "report.md")
+    # CLI: palette report runs/*.json --out report.md   (also report.png when matplotlib is installed)
+
+One table per task (Model | FID | IS | CA | PD | L1 | PSNR | SSIM | SWD | fid_proxy_random_inception) and a
+sample-diversity table (Palette §5.4). A metric that was skipped or not computed shows as "–".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .evaluate import headline_value
+
+# (header, metric, format); CA is stored as a fraction and shown in percent like the paper.
+QUALITY_COLUMNS = (
+    ("FID ↓", "fid", "{:.2f}"),
+    ("IS ↑", "is", "{:.2f}"),
+    ("CA ↑", "ca", "{:.1%}"),
+    ("PD ↓", "pd", "{:.2f}"),
+    ("L1 ↓", "l1", "{:.4f}"),
+    ("PSNR ↑", "psnr", "{:.2f}"),
+    ("SSIM ↑", "ssim", "{:.3f}"),
+    ("SWD ↓", "swd", "{:.2f}"),
+    ("fid_proxy_random_inception ↓", "fid_proxy_random_inception", "{:.3f}"),
+)
+DIVERSITY_COLUMNS = (("SSIM ↓", "diversity_ssim", "{:.3f}"), ("LPIPS ↓", "diversity_lpips", "{:.3f}"))
+NO_TASK = "task not recorded"
+
+
+@dataclass(frozen=True)
+class _Run:
+    source: Path
+    model: str
+    task: str
+    results: dict[str, Any]
+
+    def value(self, metric: str) -> float | None:
+        entry = self.results.get("metrics", {}).get(metric)
+        return None if entry is None else headline_value(entry)
+
+
+def _load_run(path: str | Path) -> _Run:
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable evaluate JSON file ({error})") from error
+    if not isinstance(results, dict) or "metrics" not in results:
+        raise ValueError(f"{path}: no 'metrics' entry; expected the output of palette evaluate --out")
+    return _Run(path, results.get("model") or path.stem, results.get("task") or NO_TASK, results)
+
+
+def _table(runs: Sequence[_Run], columns: Sequence[tuple[str, str, str]]) -> list[str]:
+    lines = ["| Model | " + " | ".join(header for header, _, _ in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for run in runs:
+        cells = []
+        for _, metric, template in columns:
+            value = run.value(metric)
+            cells.append("–" if value is None else template.format(value))
+        lines.append(f"| {run.model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _bar_chart(runs: Sequence[_Run], path: Path) -> Path | None:
+    """One bar panel per metric that any run has; None when matplotlib is not installed."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+    except ImportError:
+        return None
+    columns = [c for c in QUALITY_COLUMNS + DIVERSITY_COLUMNS if any(run.value(c[1]) is not None for run in runs)]
+    several_tasks = len({run.task for run in runs}) > 1
+    labels = [f"{run.model}\n{run.task}" if several_tasks else run.model for run in runs]
+    panels_per_row = min(4, max(1, len(columns)))
+    rows = max(1, math.ceil(len(columns) / panels_per_row))
+    figure = Figure(figsize=(3.2 * panels_per_row, 2.8 * rows), layout="constrained")
+    for index, (header, metric, _) in enumerate(columns):
+        axes = figure.add_subplot(rows, panels_per_row, index + 1)
+        values = [run.value(metric) for run in runs]
+        axes.bar(range(len(runs)), [math.nan if v is None else v for v in values], color="tab:blue")
+        axes.set_xticks(range(len(runs)), labels, rotation=30, ha="right", fontsize=7)
+        axes.set_title(("diversity " if metric.startswith("diversity_") else "") + header, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def render_report(result_files: Sequence[str | Path], out: str | Path) -> Path:
+    """Write a Markdown report of the given evaluate results (and a PNG bar chart beside it); returns its path."""
+    if not result_files:
+        raise ValueError("render_report needs at least one evaluate JSON file")
+    runs = [_load_run(path) for path in result_files]
+    out = Path(out)
+    lines = ["# Palette evaluation", "", "Results: " + ", ".join(f"`{run.source.name}`" for run in runs), ""]
+    for task in dict.fromkeys(run.task for run in runs):
+        task_runs = [run for run in runs if run.task == task]
+        lines += [f"## {task}", "", *_table(task_runs, QUALITY_COLUMNS), ""]
+        counts = ", ".join(f"{run.model}: {run.results.get('num_images', '?')} images, "
+                           f"{run.results.get('samples_per_input', '?')} sample(s) each" for run in task_runs)
+        lines += [f"Images: {counts}.", ""]
+        lines += ["Sample diversity: mean similarity of each input's first sample to its other samples "
+                  "(lower = more diverse; needs 2 or more samples per input).", "",
+                  *_table(task_runs, DIVERSITY_COLUMNS), ""]
+
+    lines += ["## Notes", "",
+              "- L1, PSNR (MAX = 1) and SSIM are on [0, 1] intensities, mean over images; CA is top-1 accuracy.",
+              "- SWD is PGGAN's sliced Wasserstein distance on Laplacian-pyramid patches, x 1e3, mean over levels.",
+              "- fid_proxy_random_inception is FID's formula on a fixed-seed *randomly initialised* Inception-v3. "
+              "It is not FID and cannot be compared with published FIDs; it only ranks runs evaluated alike."]
+    for run in runs:
+        for metric, reason in run.results.get("skipped", {}).items():
+            lines.append(f"- {run.model} ({run.task}): {metric} skipped: {reason}")
+        for kind, found in run.results.get("weights", {}).items():
+            lines.append(f"- {run.model} ({run.task}): {kind} weights {Path(found['path']).name}, "
+                         f"sha256 {found['sha256'][:12]}…")
+        lines += [f"- {run.model} ({run.task}): {note}" for note in run.results.get("notes", [])]
+
+    chart = _bar_chart(runs, out.with_suffix(".png"))
+    lines += ["", f"![metrics]({chart.name})" if chart else
+              "Bar chart skipped: matplotlib is not installed (pip install 'palette[report]')."]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out

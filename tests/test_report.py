@@ -1,0 +1,81 @@
+"""render_report: paper-layout tables from evaluate JSON files, with a bar chart when matplotlib is there."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from palette.evaluate import evaluate_folders
+from palette.imageio import save_image
+from palette.report import render_report
+
+
+def write_results(path: Path, **fields) -> Path:
+    path.write_text(json.dumps(fields))
+    return path
+
+
+@pytest.fixture
+def result_files(tmp_path) -> list[Path]:
+    palette = write_results(
+        tmp_path / "palette.json", model="Palette", task="inpainting", num_images=10, samples_per_input=3,
+        metrics={"fid": {"value": 12.345}, "is": {"mean": 20.5, "std": 0.3}, "ca": {"mean": 0.6789, "ci95": 0.01},
+                 "ssim": {"mean": 0.91234, "ci95": 0.01}, "swd": {"value": 3.21, "levels": {"64": 3.0}},
+                 "fid_proxy_random_inception": {"value": 0.0456}, "diversity_ssim": {"mean": 0.75, "ci95": 0.02}},
+        skipped={"pd": "needs --inception-weights FILE"},
+        weights={"inception": {"path": "/weights/pt_inception-2015-12-05-6726825d.pth", "sha256": "6726825d" * 8}})
+    regression = write_results(tmp_path / "regression.json", model="Regression", task="inpainting",
+                               metrics={"fid": {"value": 20.0}, "diversity_ssim": {"mean": 1.0}})
+    unnamed = write_results(tmp_path / "baseline-run.json", metrics={"l1": {"mean": 0.123456, "ci95": 0.0}})
+    return [palette, regression, unnamed]
+
+
+def test_tables_follow_the_paper_layout(result_files, tmp_path):
+    out = render_report(result_files, tmp_path / "out" / "report.md")
+    text = out.read_text()
+    header = ("| Model | FID ↓ | IS ↑ | CA ↑ | PD ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ | SWD ↓ | "
+              "fid_proxy_random_inception ↓ |")
+    assert text.count(header) == 2  # one table per task: inpainting, and the file without a task
+    assert "| Palette | 12.35 | 20.50 | 67.9% | – | – | – | 0.912 | 3.21 | 0.046 |" in text
+    assert "| Regression | 20.00 | – | – | – | – | – | – | – | – |" in text
+    assert "| baseline-run | – | – | – | – | 0.1235 |" in text  # model from the file stem
+    assert "| Model | SSIM ↓ | LPIPS ↓ |" in text
+    assert "| Palette | 0.750 | – |" in text and "| Regression | 1.000 | – |" in text
+    assert "Palette (inpainting): pd skipped: needs --inception-weights FILE" in text
+    assert "not FID" in text
+    assert (tmp_path / "out" / "report.png").stat().st_size > 0
+    assert "![metrics](report.png)" in text
+
+
+def test_without_matplotlib_the_chart_is_reported_as_skipped(result_files, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    text = render_report(result_files, tmp_path / "report.md").read_text()
+    assert "Bar chart skipped: matplotlib is not installed" in text
+    assert not (tmp_path / "report.png").exists()
+
+
+def test_report_of_a_real_evaluation(tmp_path):
+    """evaluate_folders' JSON (as the CLI writes it) renders; cheap metrics only."""
+    for index in range(2):
+        target = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(index)) * 2 - 1
+        save_image(target, tmp_path / "targets" / f"{index}.png")
+        save_image(target, tmp_path / "pred" / f"{index}_0.png")
+        save_image(-target, tmp_path / "pred" / f"{index}_1.png")
+    results = evaluate_folders(tmp_path / "pred", tmp_path / "targets", metrics=["l1", "ssim", "diversity"],
+                               model="copy", task="colorization")
+    path = write_results(tmp_path / "copy.json", **results)
+    text = render_report([path], tmp_path / "report.md").read_text()
+    assert "## colorization" in text
+    assert "| copy | – | – | – | – | 0.0000 | – | 1.000 | – | – |" in text
+    assert "diversity_lpips skipped: needs --lpips-weights FILE" in text
+
+
+def test_bad_input_files_are_named(tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        render_report([tmp_path / "broken.json"], tmp_path / "report.md")
