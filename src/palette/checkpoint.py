@@ -152,3 +152,12 @@ def read_checkpoint(folder: str | Path) -> dict[str, Any]:
         "ema": ema,
         "optimizer": _unflatten_optimizer(tensors, plain["optimizer"]),
     }
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -> Path:
+    """Copy a checkpoint's EMA weights (fp16 storage by default) and config into one self-contained file."""
+    state, config = load_weights(resolve_weights(checkpoint))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(out, state, config, dtype=torch.float16 if half else None)
+    return out

@@ -90,10 +90,21 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(output=args.output, input=args.input, checkpoint=args.checkpoint, steps=args.steps, device=args.device)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .checkpoint import export_weights
+
+    print(f"wrote {export_weights(args.checkpoint, args.out, half=not args.fp32)}")
+
+
 def _data(args: argparse.Namespace) -> None:
+    import logging
+
     from .wallpapers import build_wallpapers
 
-    print(f"dataset written to {build_wallpapers(args.out, short_side=args.short_side, seed=args.seed)}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = build_wallpapers(args.out, short_side=args.short_side, seed=args.seed, val_fraction=args.val_fraction,
+                           install=not args.no_install)
+    print(f"dataset written to {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,11 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu")
     demo.set_defaults(handler=_demo)
 
+    export = commands.add_parser("export", help="EMA weights of a checkpoint as one self-contained .safetensors file")
+    export.add_argument("--checkpoint", required=True, help="a run folder, checkpoint folder or .safetensors file")
+    export.add_argument("--out", required=True)
+    export.add_argument("--fp32", action="store_true", help="keep float32 storage (default: float16)")
+    export.set_defaults(handler=_export)
+
     data = commands.add_parser("data", help="build a benchmark dataset")
     data.add_argument("name", choices=["wallpapers"])
     data.add_argument("--out", required=True)
     data.add_argument("--short-side", type=int, default=768)
-    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    data.add_argument("--val-fraction", type=float, default=0.2)
+    data.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     data.set_defaults(handler=_data)
     return parser
 

@@ -3,7 +3,7 @@
 The pool (`assets/wallpaper-pool.tsv`) names each image by package, name and kind.
 The images keep their packages' licences, so the repository holds only this builder:
 
-    python -m palette.wallpapers OUT_DIR        # apt-get installs the packages if missing
+    palette data wallpapers --out OUT_DIR       # apt-get installs the packages if missing
 
 writes OUT_DIR/images/<package>__<stem>.jpg (short side 768, JPEG quality 92),
 OUT_DIR/train.txt and OUT_DIR/val.txt (paths relative to OUT_DIR) and OUT_DIR/manifest.tsv.
@@ -11,7 +11,6 @@ OUT_DIR/train.txt and OUT_DIR/val.txt (paths relative to OUT_DIR) and OUT_DIR/ma
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.resources
 import logging
@@ -363,21 +362,3 @@ def build_wallpapers(
     (out_dir / "manifest.tsv").write_text("\n".join(manifest) + "\n", "utf-8")
     return out_dir
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--pool-file", type=Path, default=None)
-    parser.add_argument("--short-side", type=int, default=768)
-    parser.add_argument("--quality", type=int, default=92)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-install", dest="install", action="store_false", help="do not run apt-get")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_wallpapers(**vars(args))
-    print(f"wrote {args.out_dir}")
-
-
-if __name__ == "__main__":
-    main()
