@@ -119,3 +119,23 @@ def test_a_checkpoint_path_without_a_model_is_named(tmp_path, capsys):
     err = _error(capsys, ["sample", "--checkpoint", str(tmp_path), "--task", "jpeg", "--input", str(tmp_path),
                           "--output", str(tmp_path / "o")])
     assert str(tmp_path) in err and "no checkpoint" in err
+
+
+def test_demo_writes_the_page_and_grids(trained, tmp_path, capsys):
+    main(["demo", "--checkpoint", str(trained / "run"), "--output", str(tmp_path / "demo"), "--steps", "2"])
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert names == {"index.html", "colorization.png", "inpainting_free_form_20_30.png", "inpainting_centre.png",
+                     "uncropping.png", "jpeg.png", "denoising.png", "diversity.png"}
+    page = (tmp_path / "demo" / "index.html").read_text()
+    assert all(f'src="{name}"' in page for name in names - {"index.html"})
+    with Image.open(tmp_path / "demo" / "jpeg.png") as grid:  # 4 examples x (input | output | original), 3x zoom
+        assert grid.size == (3 * 16 * 3, 4 * 16 * 3)
+    assert "demo page:" in capsys.readouterr().out
+
+
+def test_demo_on_a_users_image(trained, tmp_path):
+    write_images(tmp_path / "mine", count=1, size=30)
+    main(["demo", "--checkpoint", str(trained / "run"), "--input", str(tmp_path / "mine" / "image0.png"),
+          "--output", str(tmp_path / "demo"), "--steps", "2"])
+    with Image.open(tmp_path / "demo" / "colorization.png") as grid:
+        assert grid.size == (3 * 16 * 3, 16 * 3)

@@ -107,6 +107,24 @@ def _data(args: argparse.Namespace) -> None:
     print(f"dataset written to {out}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from .bench import DEFAULT_SAMPLERS, PARTS, QUALITY_SAMPLERS, run_bench, run_quality
+
+    samplers = args.samplers.split(",") if args.samplers else None
+    if args.quality:
+        if not args.data:
+            raise SystemExit("palette bench: --quality CHECKPOINT needs --data DIR")
+        run_quality(args.quality, args.data, task=args.task, samplers=samplers or QUALITY_SAMPLERS,
+                    reference=args.reference, count=args.count, batch_size=args.batch_size, device=args.device,
+                    seed=args.seed, append_to=args.out)
+        return
+    run_bench(preset=args.preset, image_size=args.size, batch_size=args.batch_size, device=args.device,
+              steps=args.steps, samplers=samplers or DEFAULT_SAMPLERS, sample_batch=args.sample_batch,
+              compile=not args.no_compile, backend=args.backend,
+              parts=args.parts.split(",") if args.parts else PARTS, data=args.data, overrides=args.set,
+              quick=args.quick, append_to=args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="palette", description="Palette image-to-image diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -185,6 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-fraction", type=float, default=0.2)
     data.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     data.set_defaults(handler=_data)
+
+    bench = commands.add_parser("bench", help="speed benchmarks (or --quality: PSNR/SWD per sampler and steps)")
+    bench.add_argument("--preset", default="base", help="network preset (default: base)")
+    bench.add_argument("--size", type=int, default=256, help="image size (default: 256)")
+    bench.add_argument("--batch-size", type=int, default=16, help="training batch; with --quality, sampling batch")
+    bench.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    bench.add_argument("--steps", type=int, default=20, help="timed training steps (default: 20)")
+    bench.add_argument("--samplers", help="comma-separated NAME:STEPS, e.g. ddpm:1000,dpmpp:20")
+    bench.add_argument("--sample-batch", type=int, default=32, help="the larger sampling batch (default: 32)")
+    bench.add_argument("--parts", help="comma-separated subset of train,nfe,sample,data (default: all)")
+    bench.add_argument("--data", help="image folder: adds data-loading rows; with --quality, the validation images")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. network.gradient_checkpointing=true (repeatable)")
+    bench.add_argument("--backend", default="inductor", help="torch.compile backend (default: inductor)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    bench.add_argument("--quick", action="store_true", help="few repeats and small sampling batches (smoke test)")
+    bench.add_argument("--out", default="BENCHMARKS.md", help="append the table here (default: BENCHMARKS.md)")
+    bench.add_argument("--quality", metavar="CHECKPOINT", help="measure PSNR/SWD/time per sampler on --data")
+    bench.add_argument("--task", choices=TASKS, help="with --quality: task (default: the model's first)")
+    bench.add_argument("--reference", default="ddpm:1000", help="with --quality: reference sampler")
+    bench.add_argument("--count", type=int, help="with --quality: use the first COUNT images")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.set_defaults(handler=_bench)
     return parser
 
 

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import torch
 
+from .config import DiffusionConfig
+
 
 def linear_betas(num_steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """Linear beta schedule in float64 (Ho et al. 2020, §4)."""
     return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+
+
+def training_noise_levels(diffusion: DiffusionConfig) -> torch.Tensor:
+    """gamma_0..gamma_T of the training schedule in a config."""
+    return noise_levels(linear_betas(diffusion.train_steps, diffusion.train_beta_start, diffusion.train_beta_end))
 
 
 def noise_levels(betas: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from .config import Config
 from .diffusion import x0_from_eps, x0_from_v
 from .imageio import ImageError, list_images, load_image, resize_image, save_image
 from .masks import load_mask
-from .network import PaletteNet
+from .network import PaletteNet, autocast
 from .samplers import Denoiser, StepCallback, make_scheduler, run_sampler
 from .tasks import get_task
 
@@ -58,10 +58,9 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
 def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor) -> Denoiser:
     """Turn the network's eps or v output into a clipped x0 prediction (SR3 / Palette clip the estimate)."""
     objective = config.diffusion.objective
-    use_bf16 = condition.device.type == "cuda" and config.train.precision == "bf16"
 
     def denoise(noisy: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(config.train.precision, condition.device):
             output = net(noisy, noise_level, condition).float()
         clean = x0_from_eps(noisy, noise_level, output) if objective == "eps" else x0_from_v(noisy, noise_level, output)
         return clean.clamp(-1, 1)

@@ -13,7 +13,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from .config import Config, NetworkConfig
-from .diffusion import linear_betas, noise_level_to_timestep, noise_levels, training_log_snr_range
+from .diffusion import noise_level_to_timestep, training_log_snr_range, training_noise_levels
 
 
 def build_unet(network: NetworkConfig, image_size: int) -> UNet2DModel:
@@ -61,14 +61,18 @@ class PaletteNet(nn.Module):
 
     @classmethod
     def from_config(cls, config: Config) -> PaletteNet:
-        diffusion = config.diffusion
-        levels = noise_levels(linear_betas(diffusion.train_steps, diffusion.train_beta_start, diffusion.train_beta_end))
+        levels = training_noise_levels(config.diffusion)
         return cls(build_unet(config.network, config.data.image_size), training_log_snr_range(levels))
 
     def forward(self, noisy_target: torch.Tensor, noise_level: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         timestep = noise_level_to_timestep(noise_level, self.log_snr_range)
         sample = torch.cat([condition, noisy_target], dim=1)
         return self.unet(sample, timestep, return_dict=False)[0]
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA when the config asks for it; a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader
 from .checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from .config import Config, save_config
 from .data import PaletteDataset, SampleNumbers
-from .diffusion import linear_betas, masked_loss, noise_levels, q_sample, sample_noise_level, v_target
+from .diffusion import masked_loss, q_sample, sample_noise_level, training_noise_levels, v_target
 from .imageio import save_image
 from .inference import Model, restore
-from .network import PaletteNet, count_parameters
+from .network import PaletteNet, autocast, count_parameters
 
 
 def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config: Config, levels: torch.Tensor,
@@ -52,6 +52,33 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
 def ema_decay(base: float, step: int) -> float:
     """EMA decay with a warm-up so early averages are not dominated by the random init."""
     return min(base, (1 + step) / (10 + step))
+
+
+def make_optimizer(net: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(net.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay,
+                             fused=device.type == "cuda")
+
+
+def optimization_step(forward: torch.nn.Module, net: torch.nn.Module, ema: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config,
+                      levels: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warm-up lr, loss, backward, clipping, AdamW, EMA; returns (per-sample losses, gradient norm).
+
+    `forward` is `net` itself, or a compiled or DDP-wrapped view of it.
+    """
+    settings = config.train
+    for group in optimizer.param_groups:
+        group["lr"] = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup_steps))
+    with autocast(settings.precision, levels.device):
+        losses = diffusion_loss(forward, batch, config, levels, generator)
+    optimizer.zero_grad(set_to_none=True)
+    losses.mean().backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        decay = ema_decay(settings.ema_decay, step)
+        torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+    return losses.detach(), grad_norm
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -114,8 +141,7 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, prog
         start = state["step"]
     net.to(device)
     ema.to(device).eval()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
-                                  fused=device.type == "cuda")
+    optimizer = make_optimizer(net, config, device)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -129,10 +155,8 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, prog
                         sampler=SampleNumbers(start, settings.batch_size, rank, world),
                         num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=config.data.num_workers > 0)
-    levels = noise_levels(linear_betas(config.diffusion.train_steps, config.diffusion.train_beta_start,
-                                       config.diffusion.train_beta_end)).to(device)
+    levels = training_noise_levels(config.diffusion).to(device)
     generator = torch.Generator(device)
-    use_bf16 = device.type == "cuda" and settings.precision == "bf16"
 
     writer = None
     if rank == 0:
@@ -150,18 +174,8 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, prog
         seed = step_seed(settings.seed, rank, step)
         torch.manual_seed(seed)  # dropout
         generator.manual_seed(seed)  # noise levels and noise
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup_steps))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            losses = diffusion_loss(forward, batch, config, levels, generator)
+        losses, grad_norm = optimization_step(forward, net, ema, optimizer, batch, config, levels, generator, step)
         loss = losses.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
-        optimizer.step()
-        with torch.no_grad():
-            decay = ema_decay(settings.ema_decay, step)
-            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
         done = step + 1
         seen += settings.batch_size * world
         bar.update(1)

@@ -1,0 +1,65 @@
+"""The shipped multi-task model: loads from the package alone and has learned each task."""
+
+import numpy as np
+import pytest
+import torch
+
+from palette.data import centre_crop
+from palette.demo import example_images, shipped_model_path
+from palette.imageio import open_image, pil_to_tensor
+from palette.inference import load_model, restore
+from palette.tasks import get_task
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(4 / (a - b).square().mean()))  # images in [-1, 1]: peak-to-peak 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    assert shipped_model_path().stat().st_size < 50e6
+    return load_model(shipped_model_path(), "cpu")
+
+
+@pytest.fixture(scope="module")
+def cleans(model):
+    return torch.stack([pil_to_tensor(centre_crop(open_image(p), model.image_size)) for p in example_images()])
+
+
+def _run(model, task, cleans, seed=0):
+    degraded = [task.degrade(c, np.random.default_rng([seed, i])) for i, c in enumerate(cleans)]
+    condition = torch.stack([d.condition for d in degraded])
+    mask = torch.stack([d.mask for d in degraded])
+    return condition, mask, restore(model, condition, mask, steps=10, seed=seed)
+
+
+def test_the_model_covers_all_four_tasks(model):
+    assert set(model.config.data.tasks) == {"colorization", "inpainting", "uncropping", "jpeg"}
+    assert model.config.diffusion.objective == "eps"
+
+
+@pytest.mark.parametrize("task", [get_task("inpainting", mask_kind="centre"), get_task("uncropping", side="right")])
+def test_known_region_is_kept_and_the_hole_is_filled(model, cleans, task):
+    condition, mask, output = _run(model, task, cleans)
+    known = mask.expand_as(output) < 0.5
+    assert torch.equal(output[known], cleans[known])
+    hole = ~known
+    assert (output[hole] - condition[hole]).abs().mean() > 0.3  # not the noise it was given
+    # The fill continues the picture: closer to the truth than a flat mid-gray hole would be.
+    assert (output[hole] - cleans[hole]).abs().mean() < cleans[hole].abs().mean()
+
+
+def test_jpeg_restoration_moves_closer_to_the_original(model, cleans):
+    condition, _, output = _run(model, get_task("jpeg", quality=10), cleans)
+    assert _psnr(output, cleans) > _psnr(condition, cleans)
+
+
+def test_colorization_adds_chroma_and_keeps_luminance(model, cleans):
+    condition, _, output = _run(model, get_task("colorization"), cleans)
+    # BT.601 chroma of the output in [-1, 1] units: a gray image has none.
+    r, g, b = output[:, 0], output[:, 1], output[:, 2]
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    chroma = torch.stack([b - luma, r - luma]).abs().mean()
+    assert chroma > 0.03
+    # The given luminance survives: the output is closer to the truth than the gray input is.
+    assert _psnr(output, cleans) > _psnr(condition, cleans)
