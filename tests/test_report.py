@@ -45,7 +45,7 @@ def test_tables_follow_the_paper_layout(result_files, tmp_path):
     assert "| baseline-run | – | – | – | – | 0.1235 |" in text  # model from the file stem
     assert "| Model | SSIM ↓ | LPIPS ↓ |" in text
     assert "| Palette | 0.750 | – |" in text and "| Regression | 1.000 | – |" in text
-    assert "Palette (inpainting): pd skipped: needs --inception-weights FILE" in text
+    assert "- pd skipped for Palette (inpainting): needs --inception-weights FILE" in text
     assert "not FID" in text
     assert (tmp_path / "out" / "report.png").stat().st_size > 0
     assert "![metrics](report.png)" in text
@@ -72,7 +72,7 @@ def test_report_of_a_real_evaluation(tmp_path):
     text = render_report([path], tmp_path / "report.md").read_text()
     assert "## colorization" in text
     assert "| copy | – | – | – | – | 0.0000 | – | 1.000 | – | – |" in text
-    assert "diversity_lpips skipped: needs --lpips-weights FILE" in text
+    assert "diversity_lpips skipped for all runs: needs --lpips-weights FILE" in text
 
 
 def test_bad_input_files_are_named(tmp_path):

@@ -114,9 +114,16 @@ def render_report(result_files: Sequence[str | Path], out: str | Path) -> Path:
               "- SWD is PGGAN's sliced Wasserstein distance on Laplacian-pyramid patches, x 1e3, mean over levels.",
               "- fid_proxy_random_inception is FID's formula on a fixed-seed *randomly initialised* Inception-v3. "
               "It is not FID and cannot be compared with published FIDs; it only ranks runs evaluated alike."]
+    # One line per distinct reason, naming the metrics and the runs it applies to.
+    skipped: dict[str, tuple[dict[str, None], dict[str, None]]] = {}
     for run in runs:
         for metric, reason in run.results.get("skipped", {}).items():
-            lines.append(f"- {run.model} ({run.task}): {metric} skipped: {reason}")
+            metrics, names = skipped.setdefault(reason, ({}, {}))
+            metrics[metric] = names[f"{run.model} ({run.task})"] = None
+    for reason, (metrics, names) in skipped.items():
+        scope = "all runs" if len(names) == len(runs) else ", ".join(names)
+        lines.append(f"- {', '.join(metrics)} skipped for {scope}: {reason}")
+    for run in runs:
         for kind, found in run.results.get("weights", {}).items():
             lines.append(f"- {run.model} ({run.task}): {kind} weights {Path(found['path']).name}, "
                          f"sha256 {found['sha256'][:12]}…")
