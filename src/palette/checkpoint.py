@@ -38,6 +38,9 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], config: 
     os.close(descriptor)
     try:
         save_file(tensors, temp, metadata={CONFIG_KEY: json.dumps(config_to_dict(config))})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # the temp file is 0600; give it the permissions a plain write would
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
