@@ -18,7 +18,7 @@ from palette.imageio import ImageError
 from palette.inference import load_model, restore
 from palette.training import train
 
-from conftest import tiny_values, write_images
+from conftest import tiny_values
 
 
 def _losses(run_dir: Path) -> list[float]:
