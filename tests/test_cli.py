@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from palette.cli import main
+from palette.tasks import LUMA_WEIGHTS
 
 from conftest import tiny_values, write_images
 
@@ -56,6 +58,13 @@ def test_degrade_then_sample_writes_outputs_of_the_input_size(trained, task, tmp
             known = [i for i, m in enumerate(mask.convert("L").getdata()) if m < 128]
             given_pixels, result_pixels = list(given.convert("RGB").getdata()), list(result.getdata())
             assert known and all(given_pixels[i] == result_pixels[i] for i in known)
+    if task == "colorization":
+        # The given luma comes back at full size, up to 8-bit rounding; only chroma was generated.
+        for path in inputs:
+            with Image.open(path) as given, Image.open(tmp_path / "out" / f"{path.stem}_0.png") as result:
+                gray = np.asarray(given.convert("L"), dtype=np.float64)
+                rgb = np.asarray(result, dtype=np.float64)
+            assert np.abs(rgb @ np.array(LUMA_WEIGHTS) - gray).max() <= 1.0
 
 
 def test_sampling_a_single_file_at_model_size(trained, tmp_path):

@@ -20,6 +20,7 @@ from palette.tasks import (
     jpeg_roundtrip,
     luma,
     sample_jpeg_quality,
+    source_estimate,
 )
 
 
@@ -100,6 +101,52 @@ def test_inpainting_from_input_needs_a_matching_mask():
         task.condition_from_input(image, None, rng(0))
     with pytest.raises(ValueError, match="mask shape"):
         task.condition_from_input(image, centre_box_mask(32, 32), rng(0))
+    with pytest.raises(ValueError, match="inpainting mask covers the whole image"):
+        task.condition_from_input(image, torch.ones(1, 32, 48), rng(0))
+
+
+def test_colorization_keeps_the_given_luma_and_other_tasks_keep_images_as_they_are():
+    image, given = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 1, 8, 8) * 2 - 1
+    kept = get_task("colorization").keep_input(image, given.repeat(1, 3, 1, 1))
+    assert torch.allclose(luma(kept), given, atol=1e-6)
+    assert kept.abs().max() <= 1 + 1e-6
+    # Chroma keeps its direction; it is untouched where the result is in gamut, shortened where not.
+    chroma, wanted = kept - luma(kept), image - luma(image)
+    ratio = (chroma * wanted).sum(dim=1) / wanted.square().sum(dim=1)
+    assert torch.allclose(chroma, ratio[:, None] * wanted, atol=1e-5)
+    assert 0 <= ratio.min() and ratio.max() <= 1 + 1e-5
+    in_gamut = ((given + wanted).abs() <= 1).all(dim=1)
+    assert in_gamut.any() and torch.allclose(ratio[in_gamut], torch.ones(()), atol=1e-5)
+    for name in ("inpainting", "uncropping", "jpeg"):
+        assert get_task(name).keep_input(image, given) is image
+
+
+def test_source_estimate_is_the_condition_without_a_known_region():
+    degraded = get_task("jpeg", quality=10).degrade(random_image(4), rng(0))
+    estimate = source_estimate(degraded.condition[None], degraded.mask[None])
+    assert torch.equal(estimate[0], degraded.condition)
+
+
+def test_source_estimate_keeps_known_pixels_and_fills_holes_from_them():
+    image = random_image(5, 32, 32)
+    degraded = get_task("uncropping", side="right").degrade(image, rng(0))
+    estimate = source_estimate(degraded.condition[None], degraded.mask[None])[0]
+    known = degraded.mask.expand(3, -1, -1) < 0.5
+    assert torch.equal(estimate[known], image[known])  # exact, not just close
+    # The fill draws only on known pixels (not the hole's noise) and stays in their range.
+    assert estimate[~known].amin() >= image[known].amin() and estimate[~known].amax() <= image[known].amax()
+    # A constant known region fills the hole with that constant; columns 0 and 31 known -> a smooth bridge.
+    constant = torch.full((1, 3, 9, 13), 0.25)
+    mask = torch.zeros(1, 1, 9, 13)
+    mask[..., 2:7, 3:11] = 1
+    filled = source_estimate(torch.where(mask > 0, torch.randn(1, 3, 9, 13), constant), mask)
+    assert torch.allclose(filled, constant, atol=1e-6)
+    ramp = torch.zeros(1, 3, 32, 32)
+    ramp[..., :, 31] = 1.0
+    mask = torch.ones(1, 1, 32, 32)
+    mask[..., :, 0], mask[..., :, 31] = 0, 0
+    bridge = source_estimate(ramp, mask)[0, 0, 16]
+    assert bridge[0] == 0 and bridge[31] == 1 and bool((bridge[1:] >= bridge[:-1] - 1e-6).all())
 
 
 def test_uncropping_masks_the_requested_side():

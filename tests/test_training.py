@@ -12,11 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from palette.checkpoint import latest_checkpoint, read_checkpoint
+from palette.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint
 from palette.config import config_from_dict
+from palette.diffusion import training_noise_levels
 from palette.imageio import ImageError
-from palette.inference import load_model, restore
-from palette.training import train
+from palette.inference import Model, load_model, restore
+from palette.network import PaletteNet
+from palette.tasks import source_estimate
+from palette.training import diffusion_loss, train
 
 from conftest import tiny_values
 
@@ -71,6 +74,43 @@ def test_regression_baseline_trains_and_samples_in_one_pass(image_folder, tmp_pa
     condition, mask = torch.zeros(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
     output = restore(model, condition, mask, sampler="ddpm", steps=50)
     assert output.shape == (2, 3, 16, 16) and len(calls) == 1
+
+
+def test_a_residual_model_starts_from_the_input_and_learns_the_residual(image_folder, tmp_path):
+    values = tiny_values(image_folder, steps=1)
+    values["diffusion"] = {"objective": "regression", "residual": True}
+    config = config_from_dict(values)
+    # The zero-initialised output layer predicts a zero residual: JPEG comes back as given, holes filled smoothly.
+    net = PaletteNet.from_config(config)
+    model = Model(net.eval(), config, torch.device("cpu"))
+    condition = torch.rand(2, 3, 16, 16) * 2 - 1
+    mask = torch.ones(2, 1, 16, 16)
+    mask[1, :, :, :8] = 0
+    output = restore(model, condition, mask)
+    assert torch.equal(output, source_estimate(condition, mask))
+    # The loss is that of the residual: a fake network predicting target - input exactly scores zero.
+    batch = {"target": torch.rand(2, 3, 16, 16) * 2 - 1, "condition": condition, "mask": mask}
+    residual = batch["target"] - source_estimate(condition, mask)
+    ideal = lambda noisy, noise_level, condition: residual
+    generator = torch.Generator().manual_seed(0)
+    levels = training_noise_levels(config.diffusion)
+    assert diffusion_loss(ideal, batch, config, levels, generator).abs().max() < 1e-12
+    direct = replace(config, diffusion=replace(config.diffusion, residual=False))
+    assert diffusion_loss(ideal, batch, direct, levels, generator).amin() > 1e-3
+
+
+def test_a_run_can_start_from_trained_weights(tiny_config, image_folder, tmp_path):
+    first = train(tiny_config, tmp_path / "first", progress=False)
+    # One step at lr 0 leaves the starting weights as they are.
+    started = replace(tiny_config, train=replace(tiny_config.train, steps=1, lr=0.0, init_from=str(tmp_path / "first")))
+    second = train(started, tmp_path / "second", progress=False)
+    for name, value in first.ema.state_dict().items():
+        assert torch.equal(second.net.state_dict()[name], value), name
+        assert torch.equal(second.ema.state_dict()[name], value), name
+    other = config_from_dict(tiny_values(image_folder, steps=1, init_from=str(tmp_path / "first")))
+    other = replace(other, network=replace(other.network, base_channels=32))
+    with pytest.raises(CheckpointError, match="first.*do not fit this network"):
+        train(other, tmp_path / "third", progress=False)
 
 
 def test_a_corrupt_image_is_skipped_with_a_warning_naming_it(image_folder, tmp_path):

@@ -65,6 +65,18 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config
 
 
+def load_state(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load weights read from `path` into `module`, or raise CheckpointError naming what does not fit."""
+    try:
+        missing, unexpected = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # a shape mismatch
+        raise CheckpointError(f"{path}: weights do not fit this network ({str(error).splitlines()[-1].strip()})") \
+            from error
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit this network "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
 def resolve_weights(path: str | Path) -> Path:
     """A .safetensors file, a checkpoint folder, or a run folder (its latest checkpoint) -> EMA weights file."""
     path = Path(path)

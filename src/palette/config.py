@@ -65,6 +65,9 @@ class DiffusionConfig:
 
     objective: Objective = "eps"
     loss: Literal["l2", "l1"] = "l2"
+    # Diffuse target - source_estimate(condition) instead of the target (as SRDiff, Li et al. 2022, does for
+    # super-resolution): the input's own content is free, and the model only learns what it lacks.
+    residual: bool = False
     # Training: linear beta over 2000 steps, noise level drawn between steps (SR3 / WaveGrad).
     train_steps: int = 2000
     train_beta_start: float = 1e-6
@@ -107,6 +110,9 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast applies on CUDA only
     compile: bool = False
+    # Start from these EMA weights (a run, checkpoint folder or .safetensors) instead of a random init; the
+    # step count, optimiser and EMA warm-up start afresh (fine-tuning). A resumed run ignores it.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

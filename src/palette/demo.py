@@ -83,7 +83,7 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
     for case_index, case in enumerate(tqdm(DEMO_CASES, desc="demo")):
         views = [_user_view(case, clean, seed + 100 * case_index + i) for i, clean in enumerate(cleans)]
         outputs = restore(model, torch.stack([v[1] for v in views]), torch.stack([v[2] for v in views]),
-                          steps=steps, seed=seed).cpu()
+                          steps=steps, seed=seed, task=case.task).cpu()
         name = case.task.name if case.task.name != "inpainting" else f"inpainting_{case.task.mask_kind}"
         _grid([[v[0], o, c] for v, o, c in zip(views, outputs, cleans)], output / f"{name}.png")
         sections.append((case.title, f"{name}.png", "input | output | original"))
@@ -92,13 +92,13 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
     case = DEMO_CASES[2]
     shown, condition, mask = _user_view(case, cleans[0], seed)
     frames: list[torch.Tensor] = []
-    restore(model, condition[None], mask[None], steps=steps, seed=seed,
+    restore(model, condition[None], mask[None], steps=steps, seed=seed, task=case.task,
             callback=lambda index, x, predicted: frames.append(x[0].cpu().clamp(-1, 1)))
     picks = np.linspace(0, len(frames) - 1, min(8, len(frames))).round().astype(int)
     _grid([[shown] + [frames[i] for i in picks]], output / "denoising.png")
     sections.append(("Denoising process", "denoising.png", "input, then x_t from the noisiest step to the last"))
     samples = restore(model, condition[None].repeat(DIVERSITY_SAMPLES, 1, 1, 1),
-                      mask[None].repeat(DIVERSITY_SAMPLES, 1, 1, 1), steps=steps, seed=seed + 1).cpu()
+                      mask[None].repeat(DIVERSITY_SAMPLES, 1, 1, 1), steps=steps, seed=seed + 1, task=case.task).cpu()
     _grid([[shown, *samples, cleans[0]]], output / "diversity.png")
     sections.append(("Diversity", "diversity.png", f"input | {DIVERSITY_SAMPLES} samples | original"))
 

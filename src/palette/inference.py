@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +16,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import CheckpointError, load_weights, resolve_weights
+from .checkpoint import load_state, load_weights, resolve_weights
 from .config import Config
 from .diffusion import x0_from_eps, x0_from_v
 from .imageio import ImageError, list_images, load_image, resize_image, save_image
 from .masks import load_mask
 from .network import PaletteNet, autocast
 from .samplers import Denoiser, StepCallback, make_scheduler, run_sampler
-from .tasks import get_task
+from .tasks import Task, get_task, source_estimate
 
 
 @dataclass
@@ -47,23 +48,25 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
     path = resolve_weights(checkpoint)
     state, config = load_weights(path)
     net = PaletteNet.from_config(config)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the stored config "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_state(net, state, path)
     device = torch.device(device) if device else default_device()
     return Model(net.to(device).eval().requires_grad_(False), config, device)
 
 
-def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor) -> Denoiser:
-    """Turn the network's eps or v output into a clipped x0 prediction (SR3 / Palette clip the estimate)."""
+def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor, offset: torch.Tensor,
+                  finish: Callable[[torch.Tensor], torch.Tensor]) -> Denoiser:
+    """Turn the network's eps or v output into an x0 prediction whose image, offset + x0, is finished.
+
+    `offset` is the source estimate of a residual model, else zeros; `finish` makes an image agree with
+    the input and clips it to [-1, 1], as SR3 and Palette clip the estimate.
+    """
     objective = config.diffusion.objective
 
     def denoise(noisy: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
         with autocast(config.train.precision, condition.device):
             output = net(noisy, noise_level, condition).float()
         clean = x0_from_eps(noisy, noise_level, output) if objective == "eps" else x0_from_v(noisy, noise_level, output)
-        return clean.clamp(-1, 1)
+        return finish(offset + clean) - offset
 
     return denoise
 
@@ -71,25 +74,41 @@ def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor)
 def regression_output(net: torch.nn.Module, condition: torch.Tensor) -> torch.Tensor:
     """The regression baseline: one forward pass from the condition, at the clean noise level."""
     zeros = torch.zeros_like(condition)
-    return net(zeros, torch.ones(condition.shape[0], device=condition.device), condition).float().clamp(-1, 1)
+    return net(zeros, torch.ones(condition.shape[0], device=condition.device), condition).float()
 
 
 @torch.no_grad()
 def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: str | None = None,
-            steps: int | None = None, seed: int = 0, callback: StepCallback | None = None) -> torch.Tensor:
-    """Restore a batch: condition [N,3,H,W], mask [N,1,H,W] (1 = generate) -> images [N,3,H,W] in [-1,1]."""
+            steps: int | None = None, seed: int = 0, callback: StepCallback | None = None,
+            task: Task | None = None) -> torch.Tensor:
+    """Restore a batch: condition [N,3,H,W], mask [N,1,H,W] (1 = generate) -> images [N,3,H,W] in [-1,1].
+
+    With `task`, every estimate is made to agree with what the input fixes (Task.keep_input).
+    `callback` sees x_t and the x0 prediction as images, also for a residual model.
+    """
     config = model.config
     condition, mask = condition.to(model.device), mask.to(model.device)
-    known = condition if mask.amin() < 1 else None
+
+    def finish(image: torch.Tensor) -> torch.Tensor:
+        return (image if task is None else task.keep_input(image, condition)).clamp(-1, 1)
+
+    # A residual model works on target - offset; its known region is then zero.
+    offset = source_estimate(condition, mask) if config.diffusion.residual else torch.zeros_like(condition)
+    known = condition - offset if mask.amin() < 1 else None
     if config.diffusion.objective == "regression":
-        output = regression_output(model.net, condition)
-        return output if known is None else mask * output + (1 - mask) * known
+        output = finish(offset + regression_output(model.net, condition))
+        return output if known is None else mask * output + (1 - mask) * condition
     sampler = sampler or config.sampling.sampler
     scheduler = make_scheduler(sampler, config.diffusion, steps or config.sampling.steps)
     generator = torch.Generator(model.device).manual_seed(seed)
-    denoise = make_denoiser(model.net, config, condition)
-    return run_sampler(denoise, scheduler, condition.shape, known=known, mask=mask if known is not None else None,
-                       generator=generator, device=model.device, callback=callback)
+    denoise = make_denoiser(model.net, config, condition, offset, finish)
+    as_images = None if callback is None else \
+        lambda index, x, predicted: callback(index, offset + x, offset + predicted)
+    residual = run_sampler(denoise, scheduler, condition.shape, known=known,
+                           mask=mask if known is not None else None,
+                           generator=generator, device=model.device, callback=as_images)
+    output = finish(offset + residual)
+    return output if known is None else mask * output + (1 - mask) * condition
 
 
 @dataclass
@@ -97,6 +116,7 @@ class PreparedInput:
     """One user input at the model's size, plus what is needed to go back to its own size."""
 
     path: Path
+    task: Task
     condition: torch.Tensor  # [3, S, S]
     mask: torch.Tensor       # [1, S, S], 1 = generate
     original: torch.Tensor   # the input as given, [3, H, W]
@@ -120,14 +140,14 @@ def prepare_input(task_name: str, image_path: Path, mask_path: Path | None, size
         if mask is not None:
             mask = (resize_image(mask * 2 - 1, size, size, Image.NEAREST) > 0).float()
     degraded = task.condition_from_input(image, mask, np.random.default_rng(seed))
-    return PreparedInput(image_path, degraded.condition, degraded.mask, original, original_mask)
+    return PreparedInput(image_path, task, degraded.condition, degraded.mask, original, original_mask)
 
 
 def to_original_size(output: torch.Tensor, prepared: PreparedInput) -> torch.Tensor:
-    """Resize an output back to the input's size; known pixels come from the input itself, untouched."""
+    """Resize an output back to the input's size; what the input fixes (known pixels, luma) comes from it untouched."""
     height, width = prepared.original.shape[1:]
     if output.shape[1:] != (height, width):
-        output = resize_image(output, height, width)
+        output = prepared.task.keep_input(resize_image(output, height, width), prepared.original).clamp(-1, 1)
     if prepared.original_mask is not None:
         output = prepared.original_mask * output + (1 - prepared.original_mask) * prepared.original
     return output
@@ -152,7 +172,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     """Restore every image in `input` (a file or folder) and write `output/<stem>.png` (or `<stem>_<k>.png`)."""
     from tqdm import tqdm
 
-    get_task(task)  # fail on an unknown task before loading anything
+    task_to_run = get_task(task)  # fail on an unknown task before loading anything
     model = load_model(checkpoint, device)
     if task not in model.config.data.tasks:
         warnings.warn(f"task {task} was not in this model's training mixture {sorted(model.config.data.tasks)}",
@@ -170,7 +190,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     for start in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
         batch = jobs[start:start + batch_size]
         images = restore(model, torch.stack([p.condition for p, _ in batch]), torch.stack([p.mask for p, _ in batch]),
-                         sampler=sampler, steps=steps, seed=seed + start)
+                         sampler=sampler, steps=steps, seed=seed + start, task=task_to_run)
         for (prepared, k), image in zip(batch, images.cpu()):
             name = f"{prepared.path.stem}_{k}.png" if num_samples > 1 else f"{prepared.path.stem}.png"
             save_image(to_original_size(image, prepared), output / name)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import torch.nn.functional as F
+
 from .imageio import pil_to_tensor, tensor_to_pil
 from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
 
@@ -33,6 +35,33 @@ class Degraded:
 
     condition: torch.Tensor
     mask: torch.Tensor
+
+
+def source_estimate(condition: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The input's own guess of the target, [N, 3, H, W]: what a residual model adds its output to.
+
+    A task without a known region marks every pixel to generate, and its condition is already a full
+    estimate (the gray luma, the decoded JPEG). A task with one has noise in its hole; the hole is filled
+    smoothly from the known pixels instead, which stay exact.
+    """
+    known = 1 - mask
+    has_known = known.flatten(1).amax(dim=1) > 0
+    filled = _pull_push(condition * known, known)
+    return torch.where(has_known.view(-1, 1, 1, 1), filled, condition)
+
+
+def _pull_push(weighted: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Scattered-data fill (Gortler et al. 1996, "The Lumigraph" §3.3): average down, blend back up.
+
+    `weighted` holds value * weight; where weight is 1 the value is returned exactly.
+    """
+    height, width = weighted.shape[-2:]
+    if height == 1 and width == 1:
+        return weighted / weight.clamp_min(1e-8)
+    coarse_size = ((height + 1) // 2, (width + 1) // 2)
+    coarse = _pull_push(F.adaptive_avg_pool2d(weighted, coarse_size), F.adaptive_avg_pool2d(weight, coarse_size))
+    upsampled = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return weighted + (1 - weight) * upsampled
 
 
 @dataclass(frozen=True)
@@ -62,6 +91,13 @@ class Task(ABC):
         self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
     ) -> Degraded:
         """A user's degraded image (and mask) -> condition and mask, for inference."""
+
+    def keep_input(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Images [..., 3, H, W] made to agree with what the degraded input (or its condition) `given` fixes.
+
+        Known pixels are pasted by the sampler; this is for what an input fixes beyond them.
+        """
+        return image
 
     @abstractmethod
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
@@ -120,12 +156,13 @@ def _encode(image: torch.Tensor, image_format: str, **options: object) -> bytes:
 
 
 def luma(image: torch.Tensor) -> torch.Tensor:
-    """BT.601 luma [1, H, W] of an RGB image [3, H, W] (a gray [1, H, W] image is returned as is)."""
-    _check_image(image, (1, 3))
-    if image.shape[0] == 1:
+    """BT.601 luma [..., 1, H, W] of RGB images [..., 3, H, W] (gray [..., 1, H, W] images are returned as is)."""
+    if image.ndim < 3 or image.shape[-3] not in (1, 3):
+        raise ValueError(f"expected images [..., C, H, W] with C in (1, 3), got shape {tuple(image.shape)}")
+    if image.shape[-3] == 1:
         return image
     weights = torch.tensor(LUMA_WEIGHTS, dtype=image.dtype, device=image.device)
-    return (image * weights[:, None, None]).sum(dim=0, keepdim=True)
+    return (image * weights[:, None, None]).sum(dim=-3, keepdim=True)
 
 
 @register_task
@@ -149,6 +186,16 @@ class Colorization(Task):
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
         _check_image(image, (3,))
         return UserInput(_encode(luma(image), "PNG"), ".png", None)
+
+    def keep_input(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        # Only chroma is generated; the luma is given (as colorization tools keep L of Lab). The BT.601
+        # weights sum to 1, so luma + chroma has that luma exactly; where it leaves [-1, 1] the chroma is
+        # shortened (not the channels clipped), so the luma stays exact there too.
+        given_luma = luma(given)
+        chroma = image - luma(image)
+        room = torch.where(chroma > 0, (1 - given_luma) / chroma,
+                           torch.where(chroma < 0, (-1 - given_luma) / chroma, torch.inf))
+        return given_luma + room.amin(dim=-3, keepdim=True).clamp(0, 1) * chroma
 
 
 class _KnownRegionTask(Task):
@@ -174,6 +221,8 @@ class _KnownRegionTask(Task):
             raise ValueError(
                 f"mask shape {tuple(mask.shape)} does not match image {tuple(degraded_image.shape)}"
             )
+        if mask.amin() > 0.5:
+            raise ValueError(f"the {self.name} mask covers the whole image: no known pixels to work from")
         # Palette fills the unknown region of the condition with standard Gaussian noise; not clipped.
         noise = torch.from_numpy(rng.standard_normal(degraded_image.shape, dtype=np.float32))
         condition = torch.where(mask > 0.5, noise.to(degraded_image), degraded_image)

@@ -21,19 +21,22 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from .checkpoint import latest_checkpoint, load_state, load_weights, read_checkpoint, resolve_weights, write_checkpoint
 from .config import Config, save_config
 from .data import PaletteDataset, SampleNumbers
 from .diffusion import masked_loss, q_sample, sample_noise_level, training_noise_levels, v_target
 from .imageio import save_image
 from .inference import Model, restore
 from .network import PaletteNet, autocast, count_parameters
+from .tasks import source_estimate
 
 
 def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config: Config, levels: torch.Tensor,
                    generator: torch.Generator) -> torch.Tensor:
     """Palette's objective (eq. 3): per-sample error of the eps (or v, or direct x0) prediction, shape [N]."""
     target, condition, mask = batch["target"], batch["condition"], batch["mask"]
+    if config.diffusion.residual:
+        target = target - source_estimate(condition, mask)
     objective = config.diffusion.objective
     size = target.shape[0]
     if objective == "regression":
@@ -135,6 +138,11 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, prog
     net = PaletteNet.from_config(config)
     ema = copy.deepcopy(net).requires_grad_(False)
     start = 0
+    if state is None and settings.init_from:
+        weights = resolve_weights(settings.init_from)
+        initial, _ = load_weights(weights)
+        load_state(net, initial, weights)
+        ema.load_state_dict(net.state_dict())
     if state is not None:
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
