@@ -18,6 +18,7 @@ from palette.tasks import (
     TaskName,
     get_task,
     jpeg_roundtrip,
+    low_pass,
     luma,
     sample_jpeg_quality,
     source_estimate,
@@ -117,8 +118,21 @@ def test_colorization_keeps_the_given_luma_and_other_tasks_keep_images_as_they_a
     assert 0 <= ratio.min() and ratio.max() <= 1 + 1e-5
     in_gamut = ((given + wanted).abs() <= 1).all(dim=1)
     assert in_gamut.any() and torch.allclose(ratio[in_gamut], torch.ones(()), atol=1e-5)
-    for name in ("inpainting", "uncropping", "jpeg"):
+    for name in ("inpainting", "uncropping"):
         assert get_task(name).keep_input(image, given) is image
+
+
+def test_jpeg_restoration_keeps_the_inputs_low_frequencies_and_the_models_detail():
+    task = get_task("jpeg")
+    given = task.degrade(random_image(6, 64, 64), rng(0)).condition
+    # A colour shift, the failure of a model that mistakes the task, is removed (a constant blurs to itself) ...
+    shift = torch.tensor([0.3, -0.2, 0.1]).view(3, 1, 1)
+    assert torch.allclose(task.keep_input(given + shift, given), given, atol=1e-5)
+    # ... while fine detail the model adds (a 2-pixel checkerboard) comes through.
+    rows, columns = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    detail = 0.1 * ((rows + columns) % 2 * 2 - 1).float().expand(3, -1, -1)
+    assert torch.allclose(task.keep_input(given + detail, given), given + detail, atol=1e-3)
+    assert torch.allclose(low_pass(torch.full((1, 3, 16, 16), 0.7)), torch.full((1, 3, 16, 16), 0.7))
 
 
 def test_source_estimate_is_the_condition_without_a_known_region():
