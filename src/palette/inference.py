@@ -22,7 +22,7 @@ from .diffusion import x0_from_eps, x0_from_v
 from .imageio import ImageError, list_images, load_image, resize_image, save_image
 from .masks import load_mask
 from .network import PaletteNet, autocast
-from .samplers import Denoiser, StepCallback, make_scheduler, run_sampler
+from .samplers import Denoiser, StepCallback, make_scheduler, paste_known, run_sampler
 from .tasks import Task, get_task, source_estimate
 
 
@@ -94,21 +94,19 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
 
     # A residual model works on target - offset; its known region is then zero.
     offset = source_estimate(condition, mask) if config.diffusion.residual else torch.zeros_like(condition)
-    known = condition - offset if mask.amin() < 1 else None
+    has_known = bool(mask.amin() < 1)
     if config.diffusion.objective == "regression":
-        output = finish(offset + regression_output(model.net, condition))
-        return output if known is None else mask * output + (1 - mask) * condition
-    sampler = sampler or config.sampling.sampler
-    scheduler = make_scheduler(sampler, config.diffusion, steps or config.sampling.steps)
-    generator = torch.Generator(model.device).manual_seed(seed)
-    denoise = make_denoiser(model.net, config, condition, offset, finish)
-    as_images = None if callback is None else \
-        lambda index, x, predicted: callback(index, offset + x, offset + predicted)
-    residual = run_sampler(denoise, scheduler, condition.shape, known=known,
-                           mask=mask if known is not None else None,
-                           generator=generator, device=model.device, callback=as_images)
-    output = finish(offset + residual)
-    return output if known is None else mask * output + (1 - mask) * condition
+        residual = regression_output(model.net, condition)
+    else:
+        scheduler = make_scheduler(sampler or config.sampling.sampler, config.diffusion, steps or config.sampling.steps)
+        generator = torch.Generator(model.device).manual_seed(seed)
+        denoise = make_denoiser(model.net, config, condition, offset, finish)
+        as_images = None if callback is None else \
+            lambda index, x, predicted: callback(index, offset + x, offset + predicted)
+        residual = run_sampler(denoise, scheduler, condition.shape, known=condition - offset if has_known else None,
+                               mask=mask if has_known else None, generator=generator, device=model.device,
+                               callback=as_images)
+    return paste_known(finish(offset + residual), condition if has_known else None, mask)
 
 
 @dataclass

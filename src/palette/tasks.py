@@ -17,10 +17,9 @@ from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
-
-import torch.nn.functional as F
 
 from .imageio import pil_to_tensor, tensor_to_pil
 from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
