@@ -1,12 +1,16 @@
 """CLI round trips: train tiny -> degrade -> sample for every task, and bad inputs with clear errors."""
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
+from palette.checkpoint import latest_checkpoint, read_checkpoint
 from palette.cli import main
 from palette.tasks import LUMA_WEIGHTS
 
@@ -75,9 +79,39 @@ def test_sampling_a_single_file_at_model_size(trained, tmp_path):
     assert (tmp_path / "o" / "image0.png").is_file()
 
 
-def test_resume_via_cli_extends_the_run(trained, tmp_path):
-    main(["train", "--resume", str(trained / "run"), "--set", "train.steps=3"])
-    assert (trained / "run" / "checkpoints" / "step_00000003").is_dir()
+def _logged_steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_via_cli_continues_from_the_saved_step(trained, tmp_path):
+    shutil.copytree(trained / "run", tmp_path / "resumed")  # the shared run stays as it is
+    main(["train", "--resume", str(tmp_path / "resumed"), "--set", "train.steps=4"])
+    main(["train", "--config", str(trained / "tiny.yaml"), "--set", "train.steps=4", "--set",
+          "train.checkpoint_every=2", "--run-dir", str(tmp_path / "whole")])
+    assert _logged_steps(tmp_path / "resumed") == _logged_steps(tmp_path / "whole") == [1, 2, 3, 4]
+    for run in ("resumed", "whole"):
+        assert sorted(p.name for p in (tmp_path / run / "checkpoints").glob("step_*")) == \
+            ["step_00000002", "step_00000004"]
+    resumed, whole = (read_checkpoint(latest_checkpoint(tmp_path / run)) for run in ("resumed", "whole"))
+    assert resumed["step"] == whole["step"] == 4
+    for name, value in whole["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
+
+
+def test_a_fresh_run_into_a_used_run_dir_is_refused_unless_overwrite(trained, tmp_path, capsys):
+    shutil.copytree(trained / "run", tmp_path / "run")
+    before = sorted(p.relative_to(tmp_path / "run") for p in (tmp_path / "run").rglob("*"))
+    argv = ["train", "--config", str(trained / "tiny.yaml"), "--set", "train.steps=1", "--run-dir",
+            str(tmp_path / "run")]
+    err = _error(capsys, argv)
+    assert err.count("\n") == 1 and "--resume" in err and "--overwrite" in err
+    assert sorted(p.relative_to(tmp_path / "run") for p in (tmp_path / "run").rglob("*")) == before
+    main(argv + ["--overwrite"])
+    [aside] = tmp_path.glob("run.old-*")
+    assert sorted(p.relative_to(aside) for p in aside.rglob("*")) == before
+    assert _logged_steps(tmp_path / "run") == [1]
+    with pytest.raises(SystemExit, match="neither --config nor --overwrite"):
+        main(["train", "--resume", str(tmp_path / "run"), "--overwrite"])
 
 
 def test_corrupt_input_image_is_named(trained, tmp_path, capsys):

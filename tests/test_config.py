@@ -1,9 +1,10 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from palette.config import (NETWORK_PRESETS, ConfigError, config_from_dict, config_to_dict, load_config,
-                            save_config)
+from palette.config import (NETWORK_PRESETS, ConfigError, NetworkConfig, config_from_dict, config_to_dict,
+                            load_config, save_config)
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -27,6 +28,14 @@ def test_preset_fills_fields_and_explicit_keys_override():
     assert config.network.dropout == 0.1
 
 
+def test_network_defaults_are_the_preset_they_name():
+    resolved = config_from_dict({}).network
+    assert NetworkConfig().preset == resolved.preset == "small"
+    for field in dataclasses.fields(NetworkConfig):
+        assert getattr(NetworkConfig(), field.name) == getattr(resolved, field.name), field.name
+    assert resolved.channel_mults == NETWORK_PRESETS["small"]["channel_mults"] == (1, 2, 2, 4)
+
+
 def test_overrides_and_round_trip(tmp_path):
     path = Path(__file__).parent.parent / "configs" / "tiny.yaml"
     config = load_config(path, ["train.steps=7", "data.tasks={jpeg: 2}", "sampling.sampler=ddim"])
@@ -45,12 +54,39 @@ def test_overrides_and_round_trip(tmp_path):
     ({"network": {"preset": "huge"}}, ["network.preset", "huge", "paper"]),
     ({"data": {"tasks": {"deblur": 1}}}, ["deblur", "colorization"]),
     ({"data": {"image_size": 50}}, ["data.image_size", "50"]),
+    ({"train": {"ema_decay": 1.0}}, ["train.ema_decay", "1.0"]),
+    ({"diffusion": {"train_beta_start": 0.1, "train_beta_end": 0.01}}, ["diffusion.train_beta_start", "0.1"]),
+    ({"diffusion": {"sample_beta_end": 1.5}}, ["diffusion.sample_beta_end", "1.5"]),
 ])
 def test_bad_values_name_the_key(values, words):
     with pytest.raises(ConfigError) as error:
         config_from_dict(values)
     for word in words:
         assert word in str(error.value)
+
+
+@pytest.mark.parametrize("key, value, bound", [
+    ("train.log_every", 0, ">= 1"),
+    ("train.checkpoint_every", 0, ">= 1"),
+    ("train.sample_every", -5, ">= 1"),
+    ("train.keep_checkpoints", 0, ">= 1"),
+    ("train.steps", 0, ">= 1"),
+    ("train.batch_size", -1, ">= 1"),
+    ("train.lr", 0.0, "> 0"),
+    ("train.lr", -1e-4, "> 0"),
+    ("train.grad_clip", 0.0, "> 0"),
+    ("train.warmup_steps", -1, ">= 0"),
+    ("train.weight_decay", -0.1, ">= 0"),
+    ("train.seed", -1, ">= 0"),
+    ("data.num_workers", -2, ">= 0"),
+    ("sampling.steps", 0, ">= 1"),
+    ("diffusion.train_steps", 0, ">= 1"),
+])
+def test_out_of_range_numbers_name_the_key_and_the_bound(key, value, bound):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({section: {name: value}})
+    assert str(error.value) == f"{key}: must be {bound}, got {value}"
 
 
 def test_bad_override_and_file_errors(tmp_path):

@@ -94,3 +94,9 @@ def test_masked_loss_counts_only_the_region_to_generate():
     # Full masks give the plain mean.
     full = masked_loss(prediction, target, torch.ones(2, 1, 4, 4), "l2")
     assert torch.allclose(full, torch.full((2,), (4.0 + 10000.0) / 2))
+
+
+def test_masked_loss_rejects_an_unknown_kind():
+    ones = torch.ones(1, 3, 2, 2)
+    with pytest.raises(ValueError, match="'huber'.*'l2', 'l1'"):
+        masked_loss(ones, ones, ones[:, :1], "huber")

@@ -1,7 +1,9 @@
-"""Training: bit-exact resume, the DDP gloo run, the regression baseline, and bad data."""
+"""Training: bit-exact resume, run directories, seeds, the DDP gloo run, the objectives, and bad data."""
 
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,20 +14,28 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from palette.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint
+from palette.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, write_checkpoint
 from palette.config import config_from_dict
-from palette.diffusion import training_noise_levels
+from palette.diffusion import sample_noise_level, training_noise_levels
 from palette.imageio import ImageError
 from palette.inference import Model, load_model, restore
 from palette.network import PaletteNet
 from palette.tasks import source_estimate
-from palette.training import diffusion_loss, train
+from palette.training import RUN_FILES, RunDirectoryError, diffusion_loss, step_seeds, train
 
 from conftest import tiny_values
 
 
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
 def _losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [entry["loss"] for entry in _log(run_dir)]
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path):
@@ -43,6 +53,21 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path):
         assert torch.equal(value, state["ema"][name]), name
 
 
+def test_a_resumed_run_rewrites_the_log_past_its_checkpoint(tiny_config, tmp_path):
+    train(tiny_config, tmp_path / "run", progress=False)
+    whole = _log(tmp_path / "run")
+    # As if the run had died after logging steps 4 to 6 but before writing their checkpoint, mid-line.
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "latest").write_text("step_00000003")
+    shutil.rmtree(checkpoints / "step_00000006")
+    with open(tmp_path / "run" / "log.jsonl", "a") as log:
+        log.write('{"step": 7, "lo')
+    train(None, tmp_path / "run", resume=True, progress=False)
+    resumed = _log(tmp_path / "run")
+    assert [entry["step"] for entry in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [entry["loss"] for entry in resumed] == [entry["loss"] for entry in whole]
+
+
 def test_checkpoints_are_complete_and_pruned(tiny_config, tmp_path):
     config = replace(tiny_config, train=replace(tiny_config.train, checkpoint_every=1, keep_checkpoints=2))
     train(config, tmp_path / "run", progress=False)
@@ -54,6 +79,60 @@ def test_checkpoints_are_complete_and_pruned(tiny_config, tmp_path):
     assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in state["model"])
     model = load_model(tmp_path / "run", "cpu")
     assert all(torch.equal(v, state["ema"][k]) for k, v in model.net.state_dict().items())
+
+
+def test_pruning_deletes_only_checkpoints_older_than_the_one_written(tiny_config, tmp_path):
+    net = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(net.parameters())
+    state = (tiny_config, net.state_dict(), net.state_dict(), optimizer.state_dict())
+    for step in (1, 2, 3, 4):
+        write_checkpoint(tmp_path / "run", step, *state, keep=2)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == \
+        ["latest", "step_00000003", "step_00000004"]
+    # A higher step left by another run is neither what gets deleted nor what `latest` loses.
+    write_checkpoint(tmp_path / "other", 9, *state, keep=1)
+    write_checkpoint(tmp_path / "other", 3, *state, keep=1)
+    assert sorted(p.name for p in (tmp_path / "other" / "checkpoints").iterdir()) == \
+        ["latest", "step_00000003", "step_00000009"]
+    assert latest_checkpoint(tmp_path / "other").name == "step_00000003"
+    with pytest.raises(ValueError, match="keep.*>= 1"):
+        write_checkpoint(tmp_path / "run", 5, *state, keep=0)
+
+
+@pytest.mark.parametrize("marker", RUN_FILES)
+def test_a_fresh_run_refuses_a_directory_holding_a_run(tiny_config, tmp_path, marker):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / marker).write_text("the old run")
+    with pytest.raises(RunDirectoryError, match="--resume.*--overwrite"):
+        train(tiny_config, tmp_path / "run", progress=False)
+    assert _contents(tmp_path / "run") == {marker: b"the old run"}
+
+
+def test_overwrite_moves_the_old_run_aside_and_starts_afresh(tiny_config, tmp_path, capsys):
+    short = replace(tiny_config, train=replace(tiny_config.train, steps=3))
+    train(tiny_config, tmp_path / "run", progress=False)
+    old = _contents(tmp_path / "run")
+    with pytest.raises(RunDirectoryError):
+        train(short, tmp_path / "run", progress=False)
+    assert _contents(tmp_path / "run") == old
+    result = train(short, tmp_path / "run", overwrite=True, progress=False)
+    [aside] = tmp_path.glob("run.old-*")
+    assert f"moved the previous run in {tmp_path / 'run'} to {aside}" in capsys.readouterr().out
+    assert _contents(aside) == old
+    assert [entry["step"] for entry in _log(tmp_path / "run")] == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest", "step_00000003"]
+    assert latest_checkpoint(tmp_path / "run") == result.checkpoint
+    with pytest.raises(ValueError, match="choose one"):
+        train(None, tmp_path / "run", resume=True, overwrite=True, progress=False)
+
+
+def test_step_seeds_are_distinct_across_seeds_ranks_steps_and_streams():
+    assert step_seeds(0, 1, 0) != step_seeds(0, 0, 7919)  # the old linear formula made these equal
+    assert step_seeds(0, 0, 5) == step_seeds(0, 0, 5)
+    seeds = [value for seed, rank, step in itertools.product(range(2), range(4), range(1000))
+             for value in step_seeds(seed, rank, step)]
+    assert len(set(seeds)) == len(seeds) == 2 * 2 * 4 * 1000  # dropout and noise seeds differ too
+    assert all(0 <= value < 2**64 for value in seeds)
 
 
 def test_training_lowers_the_loss_of_a_fixed_batch(image_folder, tmp_path):
@@ -74,6 +153,35 @@ def test_regression_baseline_trains_and_samples_in_one_pass(image_folder, tmp_pa
     condition, mask = torch.zeros(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
     output = restore(model, condition, mask, sampler="ddpm", steps=50)
     assert output.shape == (2, 3, 16, 16) and len(calls) == 1
+
+
+def test_the_v_objective_scores_the_velocity_inside_the_mask(image_folder, tmp_path):
+    values = tiny_values(image_folder, steps=3)
+    values["diffusion"] = {"objective": "v"}
+    config = config_from_dict(values)
+    target = torch.rand(2, 3, 16, 16) * 2 - 1
+    mask = torch.ones(2, 1, 16, 16)
+    mask[1, :, :, :8] = 0  # the second sample's left half is known
+    batch = {"target": target, "condition": torch.zeros_like(target), "mask": mask}
+    levels = training_noise_levels(config.diffusion)
+    # By hand: the same draws give gamma and eps, v = sqrt(gamma) eps - sqrt(1 - gamma) x_0 (Salimans & Ho §4).
+    draws = torch.Generator().manual_seed(5)
+    gamma = sample_noise_level(levels, 2, draws).view(2, 1, 1, 1)
+    eps = torch.randn(target.shape, generator=draws)
+    velocity = gamma.sqrt() * eps - (1 - gamma).sqrt() * target
+    # A freshly built network predicts zero (zero-initialised output layer), so it scores the mean square of v.
+    zero = PaletteNet.from_config(config)
+    loss = diffusion_loss(zero, batch, config, levels, torch.Generator().manual_seed(5))
+    expected = torch.stack([velocity[0].square().mean(), velocity[1, :, :, 8:].square().mean()])
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    # A network that predicts v exactly from x_t and the clean target scores zero; predicting eps does not.
+    ideal = lambda noisy, noise_level, condition: velocity
+    assert diffusion_loss(ideal, batch, config, levels, torch.Generator().manual_seed(5)).abs().max() < 1e-10
+    wrong = lambda noisy, noise_level, condition: eps
+    assert diffusion_loss(wrong, batch, config, levels, torch.Generator().manual_seed(5)).amin() > 1e-3
+    train(config, tmp_path / "run", progress=False)
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
 
 
 def test_a_residual_model_starts_from_the_input_and_learns_the_residual(image_folder, tmp_path):
@@ -137,7 +245,7 @@ def test_a_list_file_is_a_data_source(image_folder, tmp_path):
 def test_ddp_with_two_gloo_processes_ends_with_identical_weights(image_folder, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(f"""
-        import sys, torch
+        import os, sys, torch
         import torch.distributed as dist
         from safetensors.torch import save_file
         sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -147,7 +255,8 @@ def test_ddp_with_two_gloo_processes_ends_with_identical_weights(image_folder, t
         torch.set_num_threads(1)
         result = train(config_from_dict(tiny_values({str(image_folder)!r}, steps=3)), {str(tmp_path / "run")!r},
                        progress=False)
-        save_file(result.net.state_dict(), {str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.safetensors")
+        assert not dist.is_initialized()  # train() started the process group, so it also destroyed it
+        save_file(result.net.state_dict(), {str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.safetensors")
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",

@@ -98,7 +98,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a small text file so that a reader sees the old or the new text, never a part."""
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(text)
     os.replace(temp, path)
@@ -127,7 +128,13 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]
 
 def write_checkpoint(run_dir: str | Path, step: int, config: Config, model: dict[str, torch.Tensor],
                      ema: dict[str, torch.Tensor], optimizer: dict[str, Any], keep: int = 2) -> Path:
-    """Write a complete checkpoint folder under a temporary name, rename it, then move the pointer."""
+    """Write a complete checkpoint folder under a temporary name, rename it, move the pointer, then prune.
+
+    Pruning keeps the `keep` newest checkpoints up to this one and deletes only older (lower-step) folders, so the
+    folder `latest` names always exists.
+    """
+    if keep < 1:
+        raise ValueError(f"keep: must be >= 1 (the checkpoint just written), got {keep}")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -144,10 +151,17 @@ def write_checkpoint(run_dir: str | Path, step: int, config: Config, model: dict
     finally:
         if temp.exists():
             shutil.rmtree(temp)
-    _write_text_atomic(root / "latest", final.name)
-    for old in sorted(root.glob("step_*"))[:-keep]:
+    write_text_atomic(root / "latest", final.name)
+    older = sorted((folder for folder in root.glob("step_*") if _step_of(folder) < step), key=_step_of)
+    for old in older[:max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old)
     return final
+
+
+def _step_of(folder: Path) -> int:
+    """The step a `step_XXXXXXXX` folder holds; a name without digits counts as the newest, so it is never pruned."""
+    digits = folder.name.removeprefix("step_")
+    return int(digits) if digits.isdigit() else 2**63
 
 
 def read_checkpoint(folder: str | Path) -> dict[str, Any]:

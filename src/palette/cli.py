@@ -28,8 +28,9 @@ def _train(args: argparse.Namespace) -> None:
     from .training import train
 
     if args.resume:
-        if args.config:
-            raise SystemExit("palette train: give --resume RUN_DIR or --config FILE, not both")
+        if args.config or args.overwrite:
+            raise SystemExit("palette train: --resume RUN_DIR continues that run; it takes neither --config "
+                             "nor --overwrite")
         from .checkpoint import latest_checkpoint, read_checkpoint
         from .config import apply_overrides, config_from_dict, config_to_dict
 
@@ -43,7 +44,7 @@ def _train(args: argparse.Namespace) -> None:
         raise SystemExit("palette train: --config FILE is required (or --resume RUN_DIR)")
     config = load_config(args.config, args.set)
     run_dir = args.run_dir or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    train(config, run_dir)
+    train(config, run_dir, overwrite=args.overwrite)
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. train.steps=1000 (repeatable)")
     train.add_argument("--run-dir", type=Path, help="where checkpoints, logs and samples go")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="if --run-dir holds a run, rename it to RUN_DIR.old-<time> and start afresh")
     train.set_defaults(handler=_train)
 
     sample = commands.add_parser("sample", help="restore degraded images with a trained model (no ground truth)")

@@ -26,15 +26,18 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The U-Net's shape; `preset` fills every field, explicit fields override it."""
+    """The U-Net's shape; `preset` fills every field, explicit fields override it.
+
+    The defaults are the `small` preset, so `NetworkConfig()` is the network that `preset="small"` names.
+    """
 
     preset: str = "small"
     base_channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 4, 8)
+    channel_mults: tuple[int, ...] = (1, 2, 2, 4)
     layers_per_block: int = 2
-    attention_resolutions: tuple[int, ...] = ()  # feature-map sizes (px) that get self-attention
+    attention_resolutions: tuple[int, ...] = (16,)  # feature-map sizes (px) that get self-attention
     mid_attention: bool = True
-    head_channels: int = 64
+    head_channels: int = 32
     norm_groups: int = 32
     dropout: float = 0.0
     gradient_checkpointing: bool = False
@@ -57,6 +60,7 @@ NETWORK_PRESETS: dict[str, dict[str, Any]] = {
 
 Objective = Literal["eps", "v", "regression"]
 SamplerName = Literal["ddpm", "ddim", "dpmpp", "unipc"]
+LossKind = Literal["l2", "l1"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class DiffusionConfig:
     """Noise schedules and the training objective (Palette §2, App. A)."""
 
     objective: Objective = "eps"
-    loss: Literal["l2", "l1"] = "l2"
+    loss: LossKind = "l2"
     # Diffuse target - source_estimate(condition) instead of the target (as SRDiff, Li et al. 2022, does for
     # super-resolution): the input's own content is free, and the model only learns what it lacks.
     residual: bool = False
@@ -207,8 +211,30 @@ def _network_values(values: dict[str, Any]) -> dict[str, Any]:
     return {**NETWORK_PRESETS[preset], **values, "preset": preset}
 
 
+# Numbers that must be positive (a count, a period, a rate) or at least not negative, checked here so that a
+# zero fails at load time with its key rather than as a ZeroDivisionError deep in training.
+_POSITIVE = ("train.steps", "train.batch_size", "train.lr", "train.grad_clip", "train.checkpoint_every",
+             "train.keep_checkpoints", "train.sample_every", "train.log_every", "diffusion.train_steps",
+             "diffusion.sample_steps", "data.image_size", "sampling.steps")
+_NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.seed", "data.num_workers")
+
+
 def _validate(config: Config) -> Config:
-    """Cross-field checks that a single annotation cannot express."""
+    """Ranges and cross-field checks that a single annotation cannot express."""
+    for key in _POSITIVE + _NON_NEGATIVE:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value < 0 or (value == 0 and key in _POSITIVE):
+            bound = ">= 0" if key in _NON_NEGATIVE else ">= 1" if isinstance(value, int) else "> 0"
+            raise ConfigError(f"{key}: must be {bound}, got {value}")
+    if not 0 <= config.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay: expected 0 <= decay < 1, got {config.train.ema_decay}")
+    diffusion = config.diffusion
+    for schedule, start, end in (("train", diffusion.train_beta_start, diffusion.train_beta_end),
+                                 ("sample", diffusion.sample_beta_start, diffusion.sample_beta_end)):
+        if not 0 < start <= end < 1:
+            raise ConfigError(f"diffusion.{schedule}_beta_start, diffusion.{schedule}_beta_end: "
+                              f"expected 0 < start <= end < 1, got {start}, {end}")
     tasks = typing.get_args(TaskName)
     for name, weight in config.data.tasks.items():
         if name not in tasks:
@@ -223,8 +249,6 @@ def _validate(config: Config) -> Config:
     low, high = config.data.crop_scale
     if not 0 < low <= high <= 1:
         raise ConfigError(f"data.crop_scale: expected 0 < low <= high <= 1, got {config.data.crop_scale}")
-    if config.train.steps < 1 or config.train.batch_size < 1:
-        raise ConfigError("train.steps and train.batch_size must be >= 1")
     return config
 
 

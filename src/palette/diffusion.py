@@ -6,9 +6,11 @@ Nothing here holds a network.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 
-from .config import DiffusionConfig
+from .config import DiffusionConfig, LossKind
 
 
 def linear_betas(num_steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -86,9 +88,19 @@ def training_log_snr_range(levels: torch.Tensor) -> tuple[float, float]:
     return float(log_snr(levels[-1:])), float(log_snr(levels[1:2]))
 
 
-def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "l2") -> torch.Tensor:
+def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                kind: LossKind = "l2") -> torch.Tensor:
     """Per-sample mean error over the region to generate (mask = 1): shape [N]."""
+    if kind not in typing.get_args(LossKind):
+        raise ValueError(f"unknown loss {kind!r}; expected one of {', '.join(map(repr, typing.get_args(LossKind)))}")
     error = (prediction.float() - target.float())
     error = error.square() if kind == "l2" else error.abs()
     weight = mask.float().expand_as(error)
     return (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
+
+
+def paste_known(x: torch.Tensor, known: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    """Keep generated pixels where mask = 1 and the known clean pixels elsewhere (Palette §3, inpainting)."""
+    if known is None or mask is None:
+        return x
+    return mask * x + (1 - mask) * known

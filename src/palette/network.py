@@ -70,6 +70,12 @@ class PaletteNet(nn.Module):
         return self.unet(sample, timestep, return_dict=False)[0]
 
 
+def regression_output(net: nn.Module, condition: torch.Tensor) -> torch.Tensor:
+    """The regression baseline (Palette §5.1): one forward pass from the condition, at the clean noise level."""
+    zeros = torch.zeros_like(condition)
+    return net(zeros, torch.ones(condition.shape[0], device=condition.device), condition).float()
+
+
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA when the config asks for it; a no-op elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")

@@ -5,6 +5,7 @@
 
 Runs on CPU or one GPU as is, and on several under `torchrun` (DDP; NCCL on CUDA, gloo on CPU).
 Every random stream is seeded from (seed, rank, step), so a resumed run repeats the uninterrupted one exactly.
+A fresh run never writes into a directory that holds another run (see `prepare_run_dir`).
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ import copy
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .checkpoint import latest_checkpoint, load_state, load_weights, read_checkpoint, resolve_weights, write_checkpoint
+from .checkpoint import (latest_checkpoint, load_state, load_weights, read_checkpoint, resolve_weights,
+                         write_checkpoint, write_text_atomic)
 from .config import Config, save_config
 from .data import PaletteDataset, SampleNumbers
-from .diffusion import masked_loss, q_sample, sample_noise_level, training_noise_levels, v_target
+from .diffusion import masked_loss, paste_known, q_sample, sample_noise_level, training_noise_levels, v_target
 from .imageio import save_image
 from .inference import Model, restore
-from .network import PaletteNet, autocast, count_parameters
+from .network import PaletteNet, autocast, count_parameters, regression_output
 from .tasks import source_estimate
 
 
@@ -40,13 +45,11 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
     objective = config.diffusion.objective
     size = target.shape[0]
     if objective == "regression":
-        # Palette §5.1's regression baseline: same net, condition -> target, no noise.
-        prediction = net(torch.zeros_like(target), torch.ones(size, device=target.device), condition)
-        return masked_loss(prediction, target, mask, config.diffusion.loss)
+        return masked_loss(regression_output(net, condition), target, mask, config.diffusion.loss)
     noise_level = sample_noise_level(levels, size, generator)
     noise = torch.randn(target.shape, generator=generator, device=target.device)
-    noisy = q_sample(target, noise_level, noise)
-    noisy = mask * noisy + (1 - mask) * target  # known pixels enter clean, as they will at sampling time
+    # Known pixels enter clean, as they will at sampling time.
+    noisy = paste_known(q_sample(target, noise_level, noise), target, mask)
     prediction = net(noisy, noise_level, condition)
     wanted = noise if objective == "eps" else v_target(target, noise_level, noise)
     return masked_loss(prediction, wanted, mask, config.diffusion.loss)
@@ -84,21 +87,78 @@ def optimization_step(forward: torch.nn.Module, net: torch.nn.Module, ema: torch
     return losses.detach(), grad_norm
 
 
-def step_seed(seed: int, rank: int, step: int) -> int:
-    return (seed * 1_000_003 + rank * 7919 + step) % (2**63 - 1)
+def step_seeds(seed: int, rank: int, step: int) -> tuple[int, int]:
+    """(dropout seed, noise seed) of one step on one rank: two 64-bit words hashed from (seed, rank, step).
+
+    numpy's SeedSequence mixes the three numbers, so no (rank, step) pair repeats another's stream and the
+    dropout and noise streams are independent of each other.
+    """
+    dropout, noise = np.random.SeedSequence([seed, rank, step]).generate_state(2, np.uint64)
+    return int(dropout), int(noise)
 
 
-def _distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises the process group under torchrun."""
+@contextmanager
+def _distributed() -> Iterator[tuple[int, int, torch.device]]:
+    """(rank, world size, device); under torchrun it starts the process group and destroys it on the way out."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
+    device = torch.device("cpu")
     if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+        # Select this rank's GPU before NCCL starts, or every rank's communicator would open on GPU 0.
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    started = world > 1 and not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield (dist.get_rank() if world > 1 else 0), world, device
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+class RunDirectoryError(ValueError):
+    """A fresh run aimed at a directory that already holds a run."""
+
+
+RUN_FILES = ("checkpoints", "log.jsonl", "config.yaml")  # any of them means a run lives in the directory
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> Path | None:
+    """Make sure a fresh run starts in a directory of its own; returns where an older run was moved, if one was.
+
+    A directory holding a run is refused, or with `overwrite` renamed whole to `<run_dir>.old-<YYYYmmdd-HHMMSS>`
+    beside it: nothing is deleted, and the old run's checkpoints and log cannot mix with the new one's.
+    """
+    if not any((run_dir / name).exists() for name in RUN_FILES):
+        return None
+    if not overwrite:
+        raise RunDirectoryError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or start "
+                                f"afresh with --overwrite (which moves the old run to {run_dir}.old-<time>)")
+    if Path.cwd().resolve().is_relative_to(run_dir.resolve()):
+        raise RunDirectoryError(f"{run_dir}: cannot move aside the directory this process runs in")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, count = run_dir.with_name(f"{run_dir.name}.old-{stamp}"), 1
+    while aside.exists():
+        aside, count = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{count}"), count + 1
+    run_dir.rename(aside)
+    return aside
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after `step` (and a line cut short by a crash): a run resumed at `step` writes them again."""
+
+    def logged_step(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return float("inf")
+
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and logged_step(line) <= step]
+    if len(kept) < len(lines):
+        write_text_atomic(path, "".join(kept))
 
 
 def _preview(model: Model, dataset: PaletteDataset, count: int, path: Path) -> None:
@@ -118,13 +178,19 @@ class TrainResult:
     ema: PaletteNet
 
 
-def train(config: Config | None, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) a run in `run_dir`."""
+def train(config: Config | None, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train a fresh run in `run_dir`, or resume the one there.
+
+    A fresh run into a directory that holds a run raises RunDirectoryError, unless `overwrite` moves the old run
+    aside (see `prepare_run_dir`). A resumed run drops log lines past its checkpoint before it goes on.
+    """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    if resume and overwrite:
+        raise ValueError("resume continues the run in run_dir and overwrite moves it aside; choose one")
     run_dir = Path(run_dir)
-    rank, world, device = _distributed()
     state = None
     if resume:
         folder = latest_checkpoint(run_dir)
@@ -134,82 +200,90 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, prog
         config = config or state["config"]
     assert config is not None, "train() needs a config unless it resumes"
     settings = config.train
-    torch.manual_seed(settings.seed)  # the same initial weights on every rank
-    net = PaletteNet.from_config(config)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    start = 0
-    if state is None and settings.init_from:
-        weights = resolve_weights(settings.init_from)
-        initial, _ = load_weights(weights)
-        load_state(net, initial, weights)
-        ema.load_state_dict(net.state_dict())
-    if state is not None:
-        net.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        start = state["step"]
-    net.to(device)
-    ema.to(device).eval()
-    optimizer = make_optimizer(net, config, device)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else net
-    forward = torch.compile(model) if settings.compile else model
+    with _distributed() as (rank, world, device):
+        if rank == 0:
+            if state is not None:
+                _truncate_log(run_dir / "log.jsonl", state["step"])
+            elif (moved := prepare_run_dir(run_dir, overwrite)) is not None:
+                print(f"palette: moved the previous run in {run_dir} to {moved}")
+        torch.manual_seed(settings.seed)  # the same initial weights on every rank
+        net = PaletteNet.from_config(config)
+        ema = copy.deepcopy(net).requires_grad_(False)
+        start = 0
+        if state is None and settings.init_from:
+            weights = resolve_weights(settings.init_from)
+            initial, _ = load_weights(weights)
+            load_state(net, initial, weights)
+            ema.load_state_dict(net.state_dict())
+        if state is not None:
+            net.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            start = state["step"]
+        net.to(device)
+        ema.to(device).eval()
+        optimizer = make_optimizer(net, config, device)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
+            if world > 1 else net
+        forward = torch.compile(model) if settings.compile else model
 
-    dataset = PaletteDataset(config.data, settings.seed)
-    preview = PaletteDataset(replace(config.data, source=config.data.preview_source or config.data.source),
-                             seed=settings.seed + 1) if rank == 0 else None
-    loader = DataLoader(dataset, batch_size=settings.batch_size,
-                        sampler=SampleNumbers(start, settings.batch_size, rank, world),
-                        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=config.data.num_workers > 0)
-    levels = training_noise_levels(config.diffusion).to(device)
-    generator = torch.Generator(device)
+        dataset = PaletteDataset(config.data, settings.seed)
+        preview = PaletteDataset(replace(config.data, source=config.data.preview_source or config.data.source),
+                                 seed=settings.seed + 1) if rank == 0 else None
+        loader = DataLoader(dataset, batch_size=settings.batch_size,
+                            sampler=SampleNumbers(start, settings.batch_size, rank, world),
+                            num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+                            persistent_workers=config.data.num_workers > 0)
+        levels = training_noise_levels(config.diffusion).to(device)
+        generator = torch.Generator(device)
 
-    writer = None
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-        writer = SummaryWriter(str(run_dir / "logs"))
-        print(f"palette: {count_parameters(net) / 1e6:.2f}M parameters, {len(dataset)} images, "
-              f"tasks {dataset.task_names}, device {device}, world size {world}, run {run_dir}")
-    folder = latest_checkpoint(run_dir) if rank == 0 else None
-    bar = tqdm(total=settings.steps, initial=start, disable=not progress or rank != 0, desc="training")
-    batches = iter(loader)
-    clock, seen = time.perf_counter(), 0
-    for step in range(start, settings.steps):
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        seed = step_seed(settings.seed, rank, step)
-        torch.manual_seed(seed)  # dropout
-        generator.manual_seed(seed)  # noise levels and noise
-        losses, grad_norm = optimization_step(forward, net, ema, optimizer, batch, config, levels, generator, step)
-        loss = losses.mean()
-        done = step + 1
-        seen += settings.batch_size * world
-        bar.update(1)
-        if writer is not None and (done % settings.log_every == 0 or done == settings.steps):
-            elapsed = time.perf_counter() - clock
-            with open(run_dir / "log.jsonl", "a") as log:
-                log.write(json.dumps({"step": done, "loss": loss.item(), "images_per_second": seen / elapsed}) + "\n")
-            writer.add_scalar("loss/train", loss.item(), done)
-            for index, name in enumerate(dataset.task_names):
-                chosen = batch["task"] == index
-                if chosen.any():
-                    writer.add_scalar(f"loss/{name}", losses[chosen].mean().item(), done)
-            writer.add_scalar("lr", optimizer.param_groups[0]["lr"], done)
-            writer.add_scalar("grad_norm", grad_norm.item(), done)
-            writer.add_scalar("images_per_second", seen / elapsed, done)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / elapsed:.1f}")
-            clock, seen = time.perf_counter(), 0
-        if done % settings.checkpoint_every == 0 or done == settings.steps:
-            if rank == 0:
-                folder = write_checkpoint(run_dir, done, config, net.state_dict(), ema.state_dict(),
-                                          optimizer.state_dict(), keep=settings.keep_checkpoints)
-            if world > 1:
-                dist.barrier()
-        if rank == 0 and (done % settings.sample_every == 0 or done == settings.steps):
-            _preview(Model(ema, config, device), preview, 4, run_dir / "samples" / f"step_{done:08d}.png")
-    bar.close()
-    if writer is not None:
-        writer.close()
+        writer = None
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+            writer = SummaryWriter(str(run_dir / "logs"))
+            print(f"palette: {count_parameters(net) / 1e6:.2f}M parameters, {len(dataset)} images, "
+                  f"tasks {dataset.task_names}, device {device}, world size {world}, run {run_dir}")
+        folder = latest_checkpoint(run_dir) if rank == 0 else None
+        bar = tqdm(total=settings.steps, initial=start, disable=not progress or rank != 0, desc="training")
+        batches = iter(loader)
+        clock, seen = time.perf_counter(), 0
+        for step in range(start, settings.steps):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            dropout_seed, noise_seed = step_seeds(settings.seed, rank, step)
+            torch.manual_seed(dropout_seed)
+            generator.manual_seed(noise_seed)  # noise levels and noise
+            losses, grad_norm = optimization_step(forward, net, ema, optimizer, batch, config, levels, generator,
+                                                  step)
+            loss = losses.mean()
+            done = step + 1
+            seen += settings.batch_size * world
+            bar.update(1)
+            if writer is not None and (done % settings.log_every == 0 or done == settings.steps):
+                elapsed = time.perf_counter() - clock
+                with open(run_dir / "log.jsonl", "a") as log:
+                    log.write(json.dumps({"step": done, "loss": loss.item(), "images_per_second": seen / elapsed})
+                              + "\n")
+                writer.add_scalar("loss/train", loss.item(), done)
+                for index, name in enumerate(dataset.task_names):
+                    chosen = batch["task"] == index
+                    if chosen.any():
+                        writer.add_scalar(f"loss/{name}", losses[chosen].mean().item(), done)
+                writer.add_scalar("lr", optimizer.param_groups[0]["lr"], done)
+                writer.add_scalar("grad_norm", grad_norm.item(), done)
+                writer.add_scalar("images_per_second", seen / elapsed, done)
+                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / elapsed:.1f}")
+                clock, seen = time.perf_counter(), 0
+            if done % settings.checkpoint_every == 0 or done == settings.steps:
+                if rank == 0:
+                    folder = write_checkpoint(run_dir, done, config, net.state_dict(), ema.state_dict(),
+                                              optimizer.state_dict(), keep=settings.keep_checkpoints)
+                if world > 1:
+                    dist.barrier()
+            if rank == 0 and (done % settings.sample_every == 0 or done == settings.steps):
+                _preview(Model(ema, config, device), preview, 4, run_dir / "samples" / f"step_{done:08d}.png")
+        bar.close()
+        if writer is not None:
+            writer.close()
     return TrainResult(folder, net, ema)
