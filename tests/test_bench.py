@@ -1,7 +1,7 @@
 """Benchmark tooling: the compiled training region has no graph breaks, compiled and eager nets agree, and
 `run_bench` / `run_quality` / `palette bench` write their tables (tiny settings on CPU)."""
 
-import runpy
+import subprocess
 import sys
 
 import pytest
@@ -122,12 +122,11 @@ def test_palette_bench_command_and_module_entry_point(tmp_path, capsys, monkeypa
           "--no-compile", "--parts", "nfe", "--out", str(out)])
     assert out.read_text().count("| ms per network evaluation | eager |") == 2
     assert "| ms per network evaluation | eager | 8 |" in capsys.readouterr().out
-    # `python -m palette.bench ARGS` is `palette bench ARGS`.
-    monkeypatch.setattr(sys, "argv", ["bench.py", "--help"])
-    with pytest.raises(SystemExit) as exit, pytest.warns(RuntimeWarning, match="found in sys.modules"):
-        runpy.run_module("palette.bench", run_name="__main__")  # warns that palette.bench is already imported
-    assert exit.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: palette bench")
+    # `python -m palette bench ARGS` is `palette bench ARGS`, in a fresh interpreter: no double import, no warning.
+    result = subprocess.run([sys.executable, "-W", "error", "-m", "palette", "bench", "--help"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: palette bench") and result.stderr == ""
 
 
 def test_run_quality_compares_samplers_with_the_reference(image_folder, tmp_path):
@@ -140,5 +139,7 @@ def test_run_quality_compares_samplers_with_the_reference(image_folder, tmp_path
     # The same sampler and seed restore the same images: exactly no change against the reference.
     assert rows[2]["psnr"] == rows[0]["psnr"] and rows[2]["swd"] == rows[0]["swd"]
     assert rows[2]["psnr_change_percent"] == 0 and rows[2]["swd_change_percent"] == 0
-    assert all(row["psnr"] > 0 and row["swd"] >= 0 and row["seconds_per_image"] > 0 for row in rows)
+    # Real measurements of a 2-step tiny model: finite, in the range of a poor restoration, and sampler-dependent.
+    assert all(8 < row["psnr"] < 40 and 0 < row["swd"] < 1000 and row["seconds_per_image"] > 0 for row in rows)
+    assert (rows[1]["psnr"], rows[1]["swd"]) != (rows[0]["psnr"], rows[0]["swd"])
     assert "| ddim | 2 |" in out.read_text()

@@ -168,7 +168,7 @@ def test_demo_writes_the_page_and_grids(trained, tmp_path, capsys):
     main(["demo", "--checkpoint", str(trained / "run"), "--output", str(tmp_path / "demo"), "--steps", "2"])
     names = {p.name for p in (tmp_path / "demo").iterdir()}
     assert names == {"index.html", "colorization.png", "inpainting_free_form_20_30.png", "inpainting_centre.png",
-                     "uncropping.png", "jpeg.png", "denoising.png", "diversity.png"}
+                     "uncropping_right.png", "jpeg.png", "denoising.png", "diversity.png"}
     page = (tmp_path / "demo" / "index.html").read_text()
     assert all(f'src="{name}"' in page for name in names - {"index.html"})
     with Image.open(tmp_path / "demo" / "jpeg.png") as grid:  # 4 examples x (input | output | original), 3x zoom

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from palette.config import DiffusionConfig
-from palette.samplers import SAMPLERS, make_scheduler, run_sampler
+from palette.diffusion import noise_level_to_timestep, training_log_snr_range, training_noise_levels
+from palette.samplers import MAX_STEPS, SAMPLERS, check_sampling, make_scheduler, run_sampler
 
 DIFFUSION = DiffusionConfig()
+TRAINED = training_noise_levels(DIFFUSION)
 
 
 @pytest.mark.parametrize("name, steps", [("ddpm", 1000), ("ddpm", 50), ("ddim", 20), ("dpmpp", 20), ("unipc", 10)])
@@ -22,9 +24,46 @@ def test_an_oracle_denoiser_returns_the_target(name, steps):
     result = run_sampler(oracle, scheduler, target.shape, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(result, target, atol=1e-3)
     assert len(seen_levels) == steps
-    # Trailing spacing: the first call is at the noisiest level of the 1000-step schedule.
+    # Trailing spacing: the first call is at the noisiest level of the schedule.
     assert seen_levels[0] == pytest.approx(scheduler.alphas_cumprod[-1].item(), rel=1e-5)
-    assert seen_levels[0] < 1e-18
+    if name == "ddpm":
+        assert seen_levels[0] < 1e-18  # the paper's inference schedule, kept as the reference
+    else:
+        # Every call sees a level the network was trained on, starting at the noisiest, and no two calls
+        # collapse onto one network input (the clipping that wasted half the calls before).
+        assert seen_levels[0] == pytest.approx(TRAINED[-1].item(), rel=1e-5)
+        timesteps = noise_level_to_timestep(torch.tensor(seen_levels), training_log_snr_range(TRAINED))
+        assert len(set(timesteps.round(decimals=3).tolist())) == steps
+        assert min(seen_levels) >= TRAINED[-1].item() * (1 - 1e-5)
+
+
+@pytest.mark.parametrize("steps", [-3, 0, MAX_STEPS + 1, 5000, 2.5, True])
+def test_bad_step_counts_are_refused_with_the_flag_and_range(steps):
+    with pytest.raises(ValueError, match=rf"--steps must be an integer from 1 to {MAX_STEPS}"):
+        check_sampling("dpmpp", steps)
+    with pytest.raises(ValueError, match="--steps"):
+        make_scheduler("ddpm", DIFFUSION, steps)
+
+
+def test_the_first_sample_is_drawn_at_the_first_level():
+    scheduler = make_scheduler("dpmpp", DIFFUSION, 10)
+    first = []
+    run_sampler(lambda x, g: first.append(x) or torch.zeros_like(x), scheduler, (64, 3, 16, 16),
+                generator=torch.Generator().manual_seed(0))
+    gamma = TRAINED[-1].item()
+    assert first[0].std().item() == pytest.approx((1 - gamma) ** 0.5, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dpmpp"])
+def test_a_sample_with_its_own_generator_does_not_depend_on_its_batch(name):
+    denoise = lambda x, g: 0.5 * x.clamp(-1, 1)  # noqa: E731
+    steps = 12
+    batch = run_sampler(denoise, make_scheduler(name, DIFFUSION, steps), (3, 3, 4, 4),
+                        generator=[torch.Generator().manual_seed(s) for s in (7, 8, 9)])
+    alone = run_sampler(denoise, make_scheduler(name, DIFFUSION, steps), (1, 3, 4, 4),
+                        generator=[torch.Generator().manual_seed(8)])
+    assert torch.equal(batch[1:2], alone)
+    assert not torch.equal(batch[0], batch[1])
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -76,5 +115,5 @@ def test_ancestral_sampling_depends_on_the_seed_and_only_on_it():
 
 
 def test_unknown_sampler_is_named():
-    with pytest.raises(ValueError, match="euler.*ddpm"):
+    with pytest.raises(ValueError, match="--sampler.*euler.*ddpm"):
         make_scheduler("euler", DIFFUSION, 10)

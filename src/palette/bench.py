@@ -21,7 +21,6 @@ import datetime
 import math
 import platform
 import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import Config, apply_overrides, config_from_dict
 from .data import PaletteDataset, SampleNumbers
 from .diffusion import training_noise_levels
-from .inference import Model, default_device, load_model, prepare_input, restore
+from .inference import Model, default_device, derive_seed, load_model, prepare_input, restore
 from .network import PaletteNet, autocast, count_parameters
 from .samplers import SAMPLERS
 from .training import make_optimizer, optimization_step
@@ -391,12 +390,14 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
         folder = Path(folder)
         degrade_folder(task, data, folder, seed=seed, size=size)
         inputs = list_images(folder / "inputs")[:count]
-        prepared, targets = [], []
+        prepared, targets, seeds = [], [], []
         for path in inputs:
             name = path.relative_to(folder / "inputs").with_suffix(".png")
             mask = folder / "masks" / name
             prepared.append(prepare_input(task, path, mask if mask.is_file() else None, size, seed))
+            seeds.append(derive_seed(seed, path.name, "0"))
             targets.append(load_image(folder / "targets" / name))
+    restored_task = prepared[0].task  # keep_input as `palette sample` applies it
     condition = torch.stack([p.condition for p in prepared])
     mask = torch.stack([p.mask for p in prepared])
     target = _unit_8bit(torch.stack(targets))
@@ -411,7 +412,8 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
         start = time.perf_counter()
         for first in range(0, len(prepared), batch_size):
             outputs.append(restore(model, condition[first:first + batch_size], mask[first:first + batch_size],
-                                   sampler=name, steps=steps, seed=seed + first).cpu())
+                                   sampler=name, steps=steps, seed=seeds[first:first + batch_size],
+                                   task=restored_task).cpu())
         _synchronize(model.device)
         seconds = (time.perf_counter() - start) / len(prepared)
         output = _unit_8bit(torch.cat(outputs))
@@ -436,8 +438,3 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
     _publish(_heading(title, model.device, command, notes) + "\n\n" + "\n".join(lines), append_to)
     return rows
 
-
-if __name__ == "__main__":
-    from .cli import main
-
-    main(["bench", *sys.argv[1:]])

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 from .config import SamplerName
-from .masks import MaskKind
-from .tasks import TaskName
+from .masks import MASK_KINDS
+from .tasks import TASKS
 
-TASKS = list(TaskName.__args__)
 SAMPLERS = list(SamplerName.__args__)
 
 
@@ -52,7 +51,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     written = sample_folder(args.checkpoint, args.task, args.input, args.output, mask=args.mask, sampler=args.sampler,
                             steps=args.steps, num_samples=args.num_samples, seed=args.seed,
-                            batch_size=args.batch_size, device=args.device)
+                            batch_size=args.batch_size, device=args.device, precision=args.precision)
     print(f"wrote {len(written)} image(s) to {args.output}")
 
 
@@ -77,6 +76,13 @@ def _evaluate(args: argparse.Namespace) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
     print(format_table(results))
+
+
+def _baseline(args: argparse.Namespace) -> None:
+    from .baselines import baseline_folder
+
+    written = baseline_folder(args.task, args.method, args.input, args.output, mask_dir=args.mask)
+    print(f"wrote {len(written)} image(s) to {args.output}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -142,25 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="restore degraded images with a trained model (no ground truth)")
     sample.add_argument("--checkpoint", required=True, help="a .safetensors file, checkpoint folder or run folder")
-    sample.add_argument("--task", required=True, choices=TASKS)
+    sample.add_argument("--task", required=True, choices=list(TASKS))
     sample.add_argument("--input", required=True, help="a degraded image or a folder of them")
     sample.add_argument("--mask", help="mask PNG or folder of masks named like the inputs (white = generate)")
     sample.add_argument("--output", required=True)
     sample.add_argument("--sampler", choices=SAMPLERS, help="default: the model's configured sampler")
-    sample.add_argument("--steps", type=int, help="sampling steps (default: the model's configured steps)")
+    sample.add_argument("--steps", type=int, help="sampling steps, 1 to 1000 (default: the model's configured steps)")
     sample.add_argument("--num-samples", type=int, default=1, help="samples per input, written as <stem>_<k>.png")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=8)
     sample.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    sample.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="network precision while sampling (bf16 autocast applies on CUDA only)")
     sample.set_defaults(handler=_sample)
 
     degrade = commands.add_parser("degrade", help="make an evaluation set: inputs/, masks/, targets/")
-    degrade.add_argument("--task", required=True, choices=TASKS)
+    degrade.add_argument("--task", required=True, choices=list(TASKS))
     degrade.add_argument("--input", required=True, help="folder of clean images")
     degrade.add_argument("--output", required=True)
     degrade.add_argument("--seed", type=int, default=0)
     degrade.add_argument("--size", type=int, help="centre-crop and resize to SIZE x SIZE")
-    degrade.add_argument("--mask-kind", choices=list(MaskKind.__args__), help="inpainting masks or uncropping side")
+    degrade.add_argument("--mask-kind", choices=MASK_KINDS, help="inpainting masks or uncropping side")
     degrade.add_argument("--quality", type=int, help="JPEG quality (default: drawn from Palette's distribution)")
     degrade.set_defaults(handler=_degrade)
 
@@ -178,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="model name recorded in the results (for reports)")
     evaluate.add_argument("--task", help="task name recorded in the results (for reports)")
     evaluate.set_defaults(handler=_evaluate)
+
+    baseline = commands.add_parser("baseline", help="classical OpenCV restoration of a folder, to compare against")
+    baseline.add_argument("--task", required=True, choices=list(TASKS))
+    baseline.add_argument("--method", required=True, help="one of the task's methods (a wrong name lists them)")
+    baseline.add_argument("--input", required=True, help="folder of degraded inputs (<stem>.png or .jpg)")
+    baseline.add_argument("--mask", help="folder of masks named <stem>.png (white = fill); inpainting methods")
+    baseline.add_argument("--output", required=True, help="writes <stem>.png per input")
+    baseline.set_defaults(handler=_baseline)
 
     report = commands.add_parser("report", help="paper-style tables from evaluate results")
     report.add_argument("results", nargs="+")
@@ -224,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="few repeats and small sampling batches (smoke test)")
     bench.add_argument("--out", default="BENCHMARKS.md", help="append the table here (default: BENCHMARKS.md)")
     bench.add_argument("--quality", metavar="CHECKPOINT", help="measure PSNR/SWD/time per sampler on --data")
-    bench.add_argument("--task", choices=TASKS, help="with --quality: task (default: the model's first)")
+    bench.add_argument("--task", choices=list(TASKS), help="with --quality: task (default: the model's first)")
     bench.add_argument("--reference", default="ddpm:1000", help="with --quality: reference sampler")
     bench.add_argument("--count", type=int, help="with --quality: use the first COUNT images")
     bench.add_argument("--seed", type=int, default=0)

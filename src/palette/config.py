@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import yaml
 
-from .tasks import TaskName
 
 
 class ConfigError(ValueError):
@@ -235,7 +234,9 @@ def _validate(config: Config) -> Config:
         if not 0 < start <= end < 1:
             raise ConfigError(f"diffusion.{schedule}_beta_start, diffusion.{schedule}_beta_end: "
                               f"expected 0 < start <= end < 1, got {start}, {end}")
-    tasks = typing.get_args(TaskName)
+    from .tasks import TASKS  # the registry is the one list of task names; imported here, not at start-up
+
+    tasks = tuple(TASKS)
     for name, weight in config.data.tasks.items():
         if name not in tasks:
             raise ConfigError(f"data.tasks: unknown task {name!r}; expected some of {', '.join(tasks)}")

@@ -84,7 +84,7 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
         views = [_user_view(case, clean, seed + 100 * case_index + i) for i, clean in enumerate(cleans)]
         outputs = restore(model, torch.stack([v[1] for v in views]), torch.stack([v[2] for v in views]),
                           steps=steps, seed=seed, task=case.task).cpu()
-        name = case.task.name if case.task.name != "inpainting" else f"inpainting_{case.task.mask_kind}"
+        name = case.task.label
         _grid([[v[0], o, c] for v, o, c in zip(views, outputs, cleans)], output / f"{name}.png")
         sections.append((case.title, f"{name}.png", "input | output | original"))
 

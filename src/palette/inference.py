@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,11 +20,11 @@ from PIL import Image
 
 from .checkpoint import load_state, load_weights, resolve_weights
 from .config import Config
-from .diffusion import x0_from_eps, x0_from_v
+from .diffusion import paste_known, x0_from_eps, x0_from_v
 from .imageio import ImageError, list_images, load_image, resize_image, save_image
 from .masks import load_mask
-from .network import PaletteNet, autocast
-from .samplers import Denoiser, StepCallback, make_scheduler, paste_known, run_sampler
+from .network import PaletteNet, autocast, regression_output
+from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler
 from .tasks import Task, get_task, source_estimate
 
 
@@ -53,17 +55,21 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
     return Model(net.to(device).eval().requires_grad_(False), config, device)
 
 
+Precision = Literal["fp32", "bf16"]
+
+
 def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor, offset: torch.Tensor,
-                  finish: Callable[[torch.Tensor], torch.Tensor]) -> Denoiser:
+                  finish: Callable[[torch.Tensor], torch.Tensor], precision: Precision = "fp32") -> Denoiser:
     """Turn the network's eps or v output into an x0 prediction whose image, offset + x0, is finished.
 
     `offset` is the source estimate of a residual model, else zeros; `finish` makes an image agree with
-    the input and clips it to [-1, 1], as SR3 and Palette clip the estimate.
+    the input and clips it to [-1, 1], as SR3 and Palette clip the estimate. Sampling runs in float32 unless
+    asked: with eps-prediction a bf16 error is amplified by up to 1/sqrt(gamma) in x0.
     """
     objective = config.diffusion.objective
 
     def denoise(noisy: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        with autocast(config.train.precision, condition.device):
+        with autocast(precision, condition.device):
             output = net(noisy, noise_level, condition).float()
         clean = x0_from_eps(noisy, noise_level, output) if objective == "eps" else x0_from_v(noisy, noise_level, output)
         return finish(offset + clean) - offset
@@ -71,41 +77,58 @@ def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor,
     return denoise
 
 
-def regression_output(net: torch.nn.Module, condition: torch.Tensor) -> torch.Tensor:
-    """The regression baseline: one forward pass from the condition, at the clean noise level."""
-    zeros = torch.zeros_like(condition)
-    return net(zeros, torch.ones(condition.shape[0], device=condition.device), condition).float()
+def generators_for(seeds: int | Sequence[int], count: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample: from its own seed, or from (seed, position) when one seed covers the batch."""
+    if isinstance(seeds, int):
+        seeds = [derive_seed(seeds, str(index)) for index in range(count)]
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {count}")
+    return [torch.Generator(device).manual_seed(seed) for seed in seeds]
+
+
+def derive_seed(seed: int, *names: str) -> int:
+    """A 63-bit seed from a base seed and names (a file name, a sample index), independent of batching."""
+    words = [seed % 2**32, seed // 2**32 % 2**32]
+    for name in names:
+        words += np.frombuffer(hashlib.sha256(name.encode()).digest(), dtype=np.uint32).tolist()
+    return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 @torch.no_grad()
 def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: str | None = None,
-            steps: int | None = None, seed: int = 0, callback: StepCallback | None = None,
-            task: Task | None = None) -> torch.Tensor:
+            steps: int | None = None, seed: int | Sequence[int] = 0, callback: StepCallback | None = None,
+            task: Task | None = None, precision: Precision = "fp32") -> torch.Tensor:
     """Restore a batch: condition [N,3,H,W], mask [N,1,H,W] (1 = generate) -> images [N,3,H,W] in [-1,1].
 
+    `seed` is one seed per sample, or one int from which each sample's is derived by its position.
     With `task`, every estimate is made to agree with what the input fixes (Task.keep_input).
     `callback` sees x_t and the x0 prediction as images, also for a residual model.
     """
     config = model.config
+    sampler = sampler or config.sampling.sampler
+    steps = config.sampling.steps if steps is None else steps
+    check_sampling(sampler, steps)
     condition, mask = condition.to(model.device), mask.to(model.device)
 
     def finish(image: torch.Tensor) -> torch.Tensor:
         return (image if task is None else task.keep_input(image, condition)).clamp(-1, 1)
 
-    # A residual model works on target - offset; its known region is then zero.
-    offset = source_estimate(condition, mask) if config.diffusion.residual else torch.zeros_like(condition)
+    # A residual model works on target - offset, its known region is then zero, and it sees the offset.
+    residual_model = config.diffusion.residual
+    offset = source_estimate(condition, mask) if residual_model else torch.zeros_like(condition)
+    network_condition = offset if residual_model else condition
     has_known = bool(mask.amin() < 1)
     if config.diffusion.objective == "regression":
-        residual = regression_output(model.net, condition)
+        residual = regression_output(model.net, network_condition)
     else:
-        scheduler = make_scheduler(sampler or config.sampling.sampler, config.diffusion, steps or config.sampling.steps)
-        generator = torch.Generator(model.device).manual_seed(seed)
-        denoise = make_denoiser(model.net, config, condition, offset, finish)
+        scheduler = make_scheduler(sampler, config.diffusion, steps)
+        denoise = make_denoiser(model.net, config, network_condition, offset, finish, precision)
         as_images = None if callback is None else \
             lambda index, x, predicted: callback(index, offset + x, offset + predicted)
         residual = run_sampler(denoise, scheduler, condition.shape, known=condition - offset if has_known else None,
-                               mask=mask if has_known else None, generator=generator, device=model.device,
-                               callback=as_images)
+                               mask=mask if has_known else None,
+                               generator=generators_for(seed, condition.shape[0], model.device),
+                               device=model.device, callback=as_images)
     return paste_known(finish(offset + residual), condition if has_known else None, mask)
 
 
@@ -137,7 +160,8 @@ def prepare_input(task_name: str, image_path: Path, mask_path: Path | None, size
         image = resize_image(original, size, size)
         if mask is not None:
             mask = (resize_image(mask * 2 - 1, size, size, Image.NEAREST) > 0).float()
-    degraded = task.condition_from_input(image, mask, np.random.default_rng(seed))
+    # Each input's hole noise is its own, from (seed, file name).
+    degraded = task.condition_from_input(image, mask, np.random.default_rng(derive_seed(seed, image_path.name)))
     return PreparedInput(image_path, task, degraded.condition, degraded.mask, original, original_mask)
 
 
@@ -166,11 +190,20 @@ def find_mask(mask_dir: Path | None, image_path: Path) -> Path | None:
 def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: str | Path,
                   mask: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
                   num_samples: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
-                  progress: bool = True) -> list[Path]:
-    """Restore every image in `input` (a file or folder) and write `output/<stem>.png` (or `<stem>_<k>.png`)."""
+                  precision: Precision = "fp32", progress: bool = True) -> list[Path]:
+    """Restore every image in `input` (a file or folder) and write `output/<stem>.png` (or `<stem>_<k>.png`).
+
+    Sample k of an image is seeded from (seed, file name, k), so it does not depend on the batch size or on
+    the other files in the folder.
+    """
     from tqdm import tqdm
 
-    task_to_run = get_task(task)  # fail on an unknown task before loading anything
+    # Fail on bad options before loading anything.
+    task_to_run = get_task(task)
+    check_sampling(sampler, steps)
+    for flag, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
     model = load_model(checkpoint, device)
     if task not in model.config.data.tasks:
         warnings.warn(f"task {task} was not in this model's training mixture {sorted(model.config.data.tasks)}",
@@ -187,8 +220,9 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     written = []
     for start in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
         batch = jobs[start:start + batch_size]
+        seeds = [derive_seed(seed, p.path.name, str(k)) for p, k in batch]
         images = restore(model, torch.stack([p.condition for p, _ in batch]), torch.stack([p.mask for p, _ in batch]),
-                         sampler=sampler, steps=steps, seed=seed + start, task=task_to_run)
+                         sampler=sampler, steps=steps, seed=seeds, task=task_to_run, precision=precision)
         for (prepared, k), image in zip(batch, images.cpu()):
             name = f"{prepared.path.stem}_{k}.png" if num_samples > 1 else f"{prepared.path.stem}.png"
             save_image(to_original_size(image, prepared), output / name)

@@ -1,16 +1,15 @@
 """Sampling loops over a denoiser callable; diffusers schedulers supply the step rules.
 
 A denoiser maps (x_t, noise_level[N]) to a prediction of the clean image. Every sampler here is the same
-loop: start from noise, ask the denoiser, let the scheduler step, paste the known pixels back.
+loop: start from noise at the noisiest level, ask the denoiser, let the scheduler step, paste the known pixels back.
 
     scheduler = make_scheduler("dpmpp", diffusion_config, steps=20)
-    image = run_sampler(denoise, scheduler, known=condition_image, mask=mask, generator=torch.Generator().manual_seed(0))
+    image = run_sampler(denoise, scheduler, shape, known=condition_image, mask=mask, generator=generators)
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import get_args
 
 import numpy as np
@@ -19,12 +18,15 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .config import DiffusionConfig, SamplerName
-from .diffusion import linear_betas, noise_levels
+from .diffusion import linear_betas, noise_levels, paste_known
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, x_t, predicted x0)
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+# More steps than the paper's 1000-step chain never helps, and a typo like 5000 would run for hours.
+MAX_STEPS = 1000
 
 
 class AncestralScheduler:
@@ -32,9 +34,8 @@ class AncestralScheduler:
 
     Fed the predicted x0, it samples the posterior q(x_prev | x_t, x0): mean from DDPM eq. 7, variance
     beta_t = 1 - gamma_t / gamma_prev of the (possibly respaced) step, and no noise on the final step.
+    It runs on the paper's 1000-step inference schedule, as Palette samples.
     """
-
-    init_noise_sigma = 1.0
 
     def __init__(self, diffusion: DiffusionConfig):
         betas = linear_betas(diffusion.sample_steps, diffusion.sample_beta_start, diffusion.sample_beta_end)
@@ -48,7 +49,7 @@ class AncestralScheduler:
         self.timesteps = torch.from_numpy(spaced.astype(np.int64))
 
     def step(self, predicted_clean: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor,
-             generator: torch.Generator | None = None, return_dict: bool = False) -> tuple[torch.Tensor]:
+             variance_noise: torch.Tensor | None = None, return_dict: bool = False) -> tuple[torch.Tensor]:
         position = int((self.timesteps == timestep).nonzero()[0, 0])
         gamma = self.alphas_cumprod[int(timestep)].item()
         final = position == len(self.timesteps) - 1
@@ -56,44 +57,62 @@ class AncestralScheduler:
         beta = 1 - gamma / gamma_prev
         mean = (gamma_prev ** 0.5 * beta / (1 - gamma)) * predicted_clean \
             + ((1 - beta) ** 0.5 * (1 - gamma_prev) / (1 - gamma)) * sample
-        if final:
+        if final or variance_noise is None:
             return (mean,)
-        noise = torch.randn(sample.shape, generator=generator, device=generator.device if generator else "cpu")
-        return (mean + beta ** 0.5 * noise.to(sample.device),)
+        return (mean + beta ** 0.5 * variance_noise,)
 
 
-def make_scheduler(name: str, diffusion: DiffusionConfig, steps: int | None = None) -> SchedulerMixin | AncestralScheduler:
-    """A diffusers scheduler on the inference schedule, fed predicted x0 ("sample") by our denoiser."""
-    common = dict(
-        num_train_timesteps=diffusion.sample_steps,
-        beta_start=diffusion.sample_beta_start,
-        beta_end=diffusion.sample_beta_end,
-        beta_schedule="linear",
-        prediction_type="sample",
-        # Few-step runs must start at the noisiest step (Lin et al. 2024, "Common diffusion noise schedules…", §3.3).
-        timestep_spacing="trailing",
-    )
+def check_sampling(sampler: str | None, steps: int | None) -> None:
+    """Raise ValueError naming the flag and what is allowed; None means "the model's default" and passes."""
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"--sampler: unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
+        raise ValueError(f"--steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+
+
+def trained_betas(diffusion: DiffusionConfig) -> np.ndarray:
+    """The training schedule's betas: fast samplers step only through noise levels the network was trained on."""
+    return linear_betas(diffusion.train_steps, diffusion.train_beta_start, diffusion.train_beta_end).numpy()
+
+
+def make_scheduler(name: str, diffusion: DiffusionConfig, steps: int) -> SchedulerMixin | AncestralScheduler:
+    """A scheduler fed predicted x0 ("sample") by our denoiser.
+
+    `ddpm` keeps the paper's 1000-step inference schedule (it reaches log-SNR -46, far beyond what the network
+    was trained on, where every level looks alike to it). DDIM, DPM-Solver++ and UniPC run on the training
+    schedule, so each of their steps sees a level the network knows, and the first is its noisiest.
+    """
+    check_sampling(name, steps)
     if name == "ddpm":
         scheduler = AncestralScheduler(diffusion)
-    elif name == "ddim":
-        scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
-    elif name == "dpmpp":
-        scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                                lower_order_final=True, final_sigmas_type="zero")
-    elif name == "unipc":
-        scheduler = UniPCMultistepScheduler(**common, predict_x0=True, solver_order=2, lower_order_final=True,
-                                            final_sigmas_type="zero")
     else:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
-    scheduler.set_timesteps(steps or diffusion.sample_steps)
+        common = dict(
+            num_train_timesteps=diffusion.train_steps,
+            trained_betas=trained_betas(diffusion),
+            prediction_type="sample",
+            # Few-step runs must start at the noisiest step (Lin et al. 2024, "Common diffusion noise schedules…", §3.3).
+            timestep_spacing="trailing",
+        )
+        if name == "ddim":
+            scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+        elif name == "dpmpp":
+            scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                                    lower_order_final=True, final_sigmas_type="zero")
+        else:
+            scheduler = UniPCMultistepScheduler(**common, predict_x0=True, solver_order=2, lower_order_final=True,
+                                                final_sigmas_type="zero")
+    scheduler.set_timesteps(steps)
     return scheduler
 
 
-def paste_known(x: torch.Tensor, known: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-    """Keep generated pixels where mask = 1 and the known clean pixels elsewhere (Palette §3, inpainting)."""
-    if known is None or mask is None:
-        return x
-    return mask * x + (1 - mask) * known
+def draw_noise(shape: Sequence[int], generator: Generators, device: torch.device | str) -> torch.Tensor:
+    """Standard normal noise of `shape`; with one generator per sample, sample i draws only from generator i."""
+    if generator is None or isinstance(generator, torch.Generator):
+        source = generator.device if generator is not None else "cpu"
+        return torch.randn(tuple(shape), generator=generator, device=source).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in generator]).to(device)
 
 
 @torch.no_grad()
@@ -103,20 +122,23 @@ def run_sampler(
     shape: torch.Size | tuple[int, ...],
     known: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Draw samples of `shape`, pasting `known` outside `mask` at every step."""
+    """Draw samples of `shape`, pasting `known` outside `mask` at every step.
+
+    The first sample is drawn at the first step's noise level: sqrt(1 - gamma) eps around a zero mean.
+    """
     levels = scheduler.alphas_cumprod.to(torch.float32)
-    x = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu").to(device)
-    x = paste_known(x * scheduler.init_noise_sigma, known, mask)
-    # Only the ancestral sampler draws fresh noise per step; the others take no generator.
-    step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    first = levels[int(scheduler.timesteps[0])]
+    x = paste_known((1 - first).sqrt() * draw_noise(shape, generator, device), known, mask)
+    ancestral = isinstance(scheduler, AncestralScheduler)
     for index, timestep in enumerate(scheduler.timesteps):
         noise_level = levels[int(timestep)].to(device).expand(shape[0])
         predicted_clean = denoise(x, noise_level)
-        x = scheduler.step(predicted_clean, timestep, x, return_dict=False, **step_options)[0]
+        options = {"variance_noise": draw_noise(shape, generator, device)} if ancestral else {}
+        x = scheduler.step(predicted_clean, timestep, x, return_dict=False, **options)[0]
         x = paste_known(x, known, mask)
         if callback is not None:
             callback(index, x, predicted_clean)

@@ -4,7 +4,8 @@
     degraded = task.degrade(image, np.random.default_rng(0))  # training / evaluation
     degraded = task.condition_from_input(user_image, user_mask, rng)  # inference, no ground truth
 
-Adding a task means one class decorated with @register_task (and its name in TaskName).
+Adding a task means one class decorated with @register_task; every other place (CLI choices, config checks)
+derives task names from the registry TASKS.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
 from .imageio import pil_to_tensor, tensor_to_pil
 from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
-
-TaskName = Literal["colorization", "inpainting", "uncropping", "jpeg"]
 
 # ITU-R BT.601 luma weights for R, G, B.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -43,26 +41,31 @@ def source_estimate(condition: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
     A task without a known region marks every pixel to generate, and its condition is already a full
     estimate (the gray luma, the decoded JPEG). A task with one has noise in its hole; the hole is filled
-    smoothly from the known pixels instead, which stay exact.
+    from the known pixels by OpenCV's Navier-Stokes inpainting (what a user already has), and the known
+    pixels stay exact.
     """
-    known = 1 - mask
-    has_known = known.flatten(1).amax(dim=1) > 0
-    filled = _pull_push(condition * known, known)
-    return torch.where(has_known.view(-1, 1, 1, 1), filled, condition)
+    known = mask < 0.5
+    estimate = condition.clone()
+    for index in range(condition.shape[0]):
+        if known[index].any() and not known[index].all():
+            fill = inpaint_fill(condition[index], mask[index])
+            estimate[index] = torch.where(known[index], condition[index], fill.to(condition))
+    return estimate
 
 
-def _pull_push(weighted: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Scattered-data fill (Gortler et al. 1996, "The Lumigraph" §3.3): average down, blend back up.
+def inpaint_fill(image: torch.Tensor, mask: torch.Tensor, method: Literal["navier_stokes", "telea"] = "navier_stokes"
+                 ) -> torch.Tensor:
+    """OpenCV's inpainting of an image [3, H, W] in [-1, 1] where mask [1, H, W] is 1, on 8-bit values.
 
-    `weighted` holds value * weight; where weight is 1 the value is returned exactly.
+    Navier-Stokes is Bertalmio et al. 2001, Telea is Telea 2004; radius 3 px as in OpenCV's own example.
     """
-    height, width = weighted.shape[-2:]
-    if height == 1 and width == 1:
-        return weighted / weight.clamp_min(1e-8)
-    coarse_size = ((height + 1) // 2, (width + 1) // 2)
-    coarse = _pull_push(F.adaptive_avg_pool2d(weighted, coarse_size), F.adaptive_avg_pool2d(weight, coarse_size))
-    upsampled = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    return weighted + (1 - weight) * upsampled
+    import cv2
+
+    pixels = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    holes = (mask.detach().cpu()[0] > 0.5).to(torch.uint8).numpy() * 255
+    flag = cv2.INPAINT_NS if method == "navier_stokes" else cv2.INPAINT_TELEA
+    filled = cv2.inpaint(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()), holes, 3, flag)
+    return torch.from_numpy(filled).permute(2, 0, 1).float().to(image.device) / 127.5 - 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,12 @@ class Task(ABC):
         self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
     ) -> Degraded:
         """A user's degraded image (and mask) -> condition and mask, for inference."""
+
+    @property
+    def label(self) -> str:
+        """The name plus the mask option's value when set, e.g. `inpainting_centre`: for file names and rows."""
+        option = getattr(self, self.mask_option) if self.mask_option else None
+        return self.name if option is None else f"{self.name}_{option}"
 
     def keep_input(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         """Images [..., 3, H, W] made to agree with what the degraded input (or its condition) `given` fixes.

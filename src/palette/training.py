@@ -41,7 +41,9 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
     """Palette's objective (eq. 3): per-sample error of the eps (or v, or direct x0) prediction, shape [N]."""
     target, condition, mask = batch["target"], batch["condition"], batch["mask"]
     if config.diffusion.residual:
-        target = target - source_estimate(condition, mask)
+        # The network sees the estimate it adds to (for holes, the OpenCV fill in place of Palette's noise).
+        condition = source_estimate(condition, mask)
+        target = target - condition
     objective = config.diffusion.objective
     size = target.shape[0]
     if objective == "regression":
