@@ -1,0 +1,107 @@
+"""restore and sample_folder with fake networks whose ideal output is known."""
+
+from pathlib import Path
+
+import numpy as np
+
+import pytest
+import torch
+from PIL import Image
+
+from palette.config import config_from_dict
+from palette.diffusion import v_target
+from palette.inference import Model, derive_seed, restore, sample_folder
+from palette.samplers import SAMPLERS
+from palette.tasks import get_task
+
+from conftest import tiny_values
+
+
+class Oracle(torch.nn.Module):
+    """Predicts the exact eps or v that lead from x_t to a fixed clean image (or to condition + offset)."""
+
+    def __init__(self, clean: torch.Tensor, objective: str, add_to_condition: bool = False):
+        super().__init__()
+        self.clean, self.objective, self.add_to_condition = clean, objective, add_to_condition
+
+    def forward(self, noisy, noise_level, condition):
+        target = self.clean - condition if self.add_to_condition else self.clean.expand_as(noisy)
+        gamma = noise_level.view(-1, 1, 1, 1)
+        eps = (noisy - gamma.sqrt() * target) / (1 - gamma).sqrt()
+        return eps if self.objective == "eps" else v_target(target, noise_level, eps)
+
+
+def _model(objective: str, clean: torch.Tensor, residual: bool = False) -> Model:
+    values = tiny_values(Path("unused"))
+    values["diffusion"] = {"objective": objective, "residual": residual}
+    config = config_from_dict(values)
+    return Model(Oracle(clean, objective, add_to_condition=residual), config, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("objective", ["eps", "v"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_eps_and_v_outputs_become_the_clean_image(objective, sampler):
+    clean = torch.linspace(-0.9, 0.9, 3 * 8 * 8).view(1, 3, 8, 8)
+    model = _model(objective, clean)
+    condition = torch.zeros(2, 3, 8, 8)
+    output = restore(model, condition, torch.ones(2, 1, 8, 8), sampler=sampler, steps=10 if sampler != "ddpm" else 50)
+    assert torch.allclose(output, clean.expand(2, -1, -1, -1), atol=2e-3)
+
+
+def test_a_residual_model_adds_its_output_to_the_estimate_and_keeps_the_luma():
+    clean = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    model = _model("v", clean, residual=True)
+    task = get_task("colorization")
+    condition = task.degrade(clean[0], None).condition[None]
+    output = restore(model, condition, torch.ones(1, 1, 8, 8), sampler="dpmpp", steps=8, task=task)
+    assert torch.allclose(output, clean, atol=2e-3)
+
+
+def test_seeds_are_per_image_and_name():
+    assert derive_seed(0, "a.png", "0") == derive_seed(0, "a.png", "0")
+    assert len({derive_seed(0, "a.png", "0"), derive_seed(0, "b.png", "0"), derive_seed(0, "a.png", "1"),
+                derive_seed(1, "a.png", "0")}) == 4
+
+
+def test_sample_folder_output_does_not_depend_on_batch_size_or_neighbours(tmp_path):
+    from palette.checkpoint import save_weights
+    from palette.network import PaletteNet
+
+    config = config_from_dict(tiny_values(tmp_path))
+    torch.manual_seed(0)
+    net = PaletteNet.from_config(config)
+    for parameter in net.parameters():  # a random net, not the zero-initialised one
+        torch.nn.init.normal_(parameter, std=0.05)
+    save_weights(tmp_path / "model.safetensors", net.state_dict(), config)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for index in range(3):
+        Image.new("L", (16, 16), 40 * index + 60).save(inputs / f"gray{index}.png")
+    common = dict(checkpoint=tmp_path / "model.safetensors", task="colorization", num_samples=2, progress=False,
+                  device="cpu")
+    sample_folder(input=inputs, output=tmp_path / "batch1", batch_size=1, **common)
+    sample_folder(input=inputs, output=tmp_path / "batch4", batch_size=4, **common)
+    sample_folder(input=inputs / "gray2.png", output=tmp_path / "alone", batch_size=2, **common)
+
+    def pixels(path):
+        with Image.open(path) as image:
+            return torch.from_numpy(np.asarray(image).copy())
+
+    for name in ("gray0_0.png", "gray1_1.png", "gray2_0.png", "gray2_1.png"):
+        assert torch.equal(pixels(tmp_path / "batch1" / name), pixels(tmp_path / "batch4" / name))
+    assert torch.equal(pixels(tmp_path / "alone" / "gray2_1.png"), pixels(tmp_path / "batch1" / "gray2_1.png"))
+    assert not torch.equal(pixels(tmp_path / "batch1" / "gray2_0.png"), pixels(tmp_path / "batch1" / "gray2_1.png"))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("steps", 0, "--steps must be an integer from 1 to 1000"),
+    ("steps", -3, "--steps must be an integer from 1 to 1000"),
+    ("steps", 5000, "--steps must be an integer from 1 to 1000"),
+    ("num_samples", 0, "--num-samples must be a positive integer"),
+    ("batch_size", 0, "--batch-size must be a positive integer"),
+    ("sampler", "euler", "--sampler: unknown sampler 'euler'"),
+])
+def test_bad_sampling_options_fail_before_the_model_loads(tmp_path, flag, value, message):
+    # The checkpoint does not exist: an error about it would mean the model was loaded first.
+    with pytest.raises(ValueError, match=message):
+        sample_folder(tmp_path / "missing.safetensors", "jpeg", tmp_path, tmp_path / "out", **{flag: value})
