@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Validation of a model and its regression twin on the wallpaper validation split, all four tasks.
-#   scripts/validate.sh DIFFUSION_CHECKPOINT REGRESSION_CHECKPOINT [OUT_DIR] [VAL_LIST]
-# Writes OUT_DIR/<task>/{set,palette,regression}, one JSON per model and task, and OUT_DIR/report.md.
+# Validation of a model (and its regression twin) on the wallpaper validation split, beside the baselines a
+# user already has: the degraded input itself, OpenCV Telea and Navier-Stokes inpainting, OpenCV NL-means.
+#   scripts/validate.sh DIFFUSION_CHECKPOINT REGRESSION_CHECKPOINT|- [OUT_DIR] [VAL_LIST]
+# Evaluation sets: colorization, inpainting with free_form_20_30 and centre masks, uncropping of the right
+# half, JPEG at quality 10 and 20. Writes OUT_DIR/<set>/{set,palette,regression,<method>}, one JSON per row
+# (model or baseline) and set, and OUT_DIR/report.md with one table per set.
 set -euo pipefail
 diffusion=$1
-regression=$2
+regression=$2  # "-": no regression twin
 out=${3:-eval/validation}
 val=${4:-data/wallpapers/val.txt}
 size=64
@@ -16,27 +19,48 @@ while read -r line; do
   [ -n "$line" ] && cp "$(dirname "$val")/$line" "$out/clean/"
 done < "$val"
 
+models=(palette)
+[ "$regression" != - ] && models+=(regression)
+
 results=()
-for task in colorization inpainting uncropping jpeg; do
-  options=()
-  [ "$task" = inpainting ] && options=(--mask-kind free_form_20_30)
-  "$palette" degrade --task "$task" --input "$out/clean" --output "$out/$task/set" --size "$size" --seed 1 "${options[@]}"
+evaluate() {  # evaluate SET_NAME PREDICTIONS MODEL: one row of the report
+  local data=$out/$1/set
+  "$palette" evaluate --pred "$2" --target "$data/targets" --input "$data/inputs" --model "$3" --task "$1" \
+    --out "$out/$1/$3.json" > /dev/null
+  results+=("$out/$1/$3.json")
+}
+
+# set name, task, degrade options
+for spec in "colorization colorization" \
+            "inpainting_free_form_20_30 inpainting --mask-kind free_form_20_30" \
+            "inpainting_centre inpainting --mask-kind centre" \
+            "uncropping_right uncropping --mask-kind right" \
+            "jpeg_q10 jpeg --quality 10" \
+            "jpeg_q20 jpeg --quality 20"; do
+  read -r name task options <<< "$spec"
+  data=$out/$name/set
+  # shellcheck disable=SC2086  # options are flag and value, split on purpose
+  "$palette" degrade --task "$task" --input "$out/clean" --output "$data" --size "$size" --seed 1 $options
   masks=()
-  [ -d "$out/$task/set/masks" ] && masks=(--mask "$out/$task/set/masks")
-  for model in palette regression; do
+  [ -d "$data/masks" ] && masks=(--mask "$data/masks")
+  for model in "${models[@]}"; do
     checkpoint=$diffusion
     [ "$model" = regression ] && checkpoint=$regression
-    "$palette" sample --checkpoint "$checkpoint" --task "$task" --input "$out/$task/set/inputs" "${masks[@]}" \
-      --output "$out/$task/$model" --num-samples 2 --seed 0 --device cpu --batch-size 32
-    "$palette" evaluate --pred "$out/$task/$model" --target "$out/$task/set/targets" --input "$out/$task/set/inputs" \
-      --model "$model" --task "$task" --out "$out/$task/$model.json" > /dev/null
-    results+=("$out/$task/$model.json")
+    "$palette" sample --checkpoint "$checkpoint" --task "$task" --input "$data/inputs" "${masks[@]}" \
+      --output "$out/$name/$model" --num-samples 2 --seed 0 --device cpu --batch-size 32
+    evaluate "$name" "$out/$name/$model" "$model"
   done
-  if [ "$task" = colorization ] || [ "$task" = jpeg ]; then
-    # The degraded input itself, as a floor every model must beat.
-    "$palette" evaluate --pred "$out/$task/set/inputs" --target "$out/$task/set/targets" \
-      --model "degraded input" --task "$task" --out "$out/$task/input.json" > /dev/null
-    results+=("$out/$task/input.json")
-  fi
+  # The degraded input itself (gray, mid-gray hole, decoded JPEG): a floor every model must beat.
+  evaluate "$name" "$data/inputs" input
+  case $task in  # palette.baselines.BASELINES
+    inpainting | uncropping) methods=(telea navier_stokes) ;;
+    jpeg) methods=(nlmeans) ;;
+    *) methods=() ;;
+  esac
+  for method in "${methods[@]}"; do
+    "$palette" baseline --task "$task" --method "$method" --input "$data/inputs" "${masks[@]}" \
+      --output "$out/$name/$method" > /dev/null
+    evaluate "$name" "$out/$name/$method" "$method"
+  done
 done
 "$palette" report "${results[@]}" --out "$out/report.md"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from palette.evaluate import evaluate_folders
 from palette.imageio import save_image
@@ -38,16 +39,18 @@ def test_tables_follow_the_paper_layout(result_files, tmp_path):
     out = render_report(result_files, tmp_path / "out" / "report.md")
     text = out.read_text()
     header = ("| Model | FID ↓ | IS ↑ | CA ↑ | PD ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ | SWD ↓ | "
-              "fid_proxy_random_inception ↓ |")
+              "fid_proxy_random_inception ↓ | Colour ÷ target |")
     assert text.count(header) == 2  # one table per task: inpainting, and the file without a task
-    assert "| Palette | 12.35 | 20.50 | 67.9% | – | – | – | 0.912 | 3.21 | 0.046 |" in text
-    assert "| Regression | 20.00 | – | – | – | – | – | – | – | – |" in text
+    assert "| Palette | 12.35 | 20.50 | 67.9% | – | – | – | 0.912 | 3.21 | 0.046 | – |" in text
+    assert "| Regression | 20.00 | – | – | – | – | – | – | – | – | – |" in text
     assert "| baseline-run | – | – | – | – | 0.1235 |" in text  # model from the file stem
     assert "| Model | SSIM ↓ | LPIPS ↓ |" in text
     assert "| Palette | 0.750 | – |" in text and "| Regression | 1.000 | – |" in text
     assert "- pd skipped for Palette (inpainting): needs --inception-weights FILE" in text
     assert "not FID" in text
-    assert (tmp_path / "out" / "report.png").stat().st_size > 0
+    # 8 metrics have values: 4 panels a row, 2 rows of 3.2 x 2.8 inches at 120 dpi
+    with Image.open(tmp_path / "out" / "report.png") as chart:
+        assert chart.size == (4 * 384, 2 * 336)
     assert "![metrics](report.png)" in text
 
 
@@ -71,8 +74,36 @@ def test_report_of_a_real_evaluation(tmp_path):
     path = write_results(tmp_path / "copy.json", **results)
     text = render_report([path], tmp_path / "report.md").read_text()
     assert "## colorization" in text
-    assert "| copy | – | – | – | – | 0.0000 | – | 1.000 | – | – |" in text
+    assert "| copy | – | – | – | – | 0.0000 | – | 1.000 | – | – | – |" in text
     assert "diversity_lpips skipped for all runs: needs --lpips-weights FILE" in text
+
+
+def test_baseline_rows_get_their_labels_and_no_diversity_row(tmp_path):
+    """`--model telea` is shown as OpenCV Telea; one-sample runs leave the diversity table and its notes."""
+    needs_samples = "needs >= 2 samples per input (<stem>_0.png, <stem>_1.png, ...); found 1"
+    files = [
+        write_results(tmp_path / "palette.json", model="palette", task="inpainting", num_images=4, samples_per_input=2,
+                      metrics={"l1": {"mean": 0.05}, "diversity_ssim": {"mean": 0.5}}),
+        write_results(tmp_path / "input.json", model="input", task="inpainting", num_images=4, samples_per_input=1,
+                      metrics={"l1": {"mean": 0.2}, "colourfulness_ratio": {"value": 0.5, "target_mean": 40.0}},
+                      skipped={"diversity_ssim": needs_samples}),
+        write_results(tmp_path / "telea.json", model="telea", task="inpainting", num_images=4, samples_per_input=1,
+                      metrics={"l1": {"mean": 0.1}, "colourfulness_ratio": {"value": 0.876}},
+                      skipped={"diversity_ssim": needs_samples}),
+    ]
+    (tmp_path / "jpeg_q10").mkdir()
+    files.append(write_results(tmp_path / "jpeg_q10" / "input.json", model="input", task="jpeg_q10",
+                               metrics={"l1": {"mean": 0.04}}))
+    text = render_report(files, tmp_path / "report.md").read_text()
+    assert f"Results: `{tmp_path.name}/palette.json`, `{tmp_path.name}/input.json`" in text
+    assert "`jpeg_q10/input.json`" in text  # same file names: their folders tell them apart
+    assert "| degraded input | – | – | – | – | 0.2000 | – | – | – | – | 50% |" in text
+    assert "| OpenCV Telea | – | – | – | – | 0.1000 | – | – | – | – | 88% |" in text
+    diversity = text.split("| Model | SSIM ↓ | LPIPS ↓ |\n")[1].split("\n\n")[0]
+    assert diversity == "|---|---:|---:|\n| palette | 0.500 | – |"
+    assert needs_samples not in text
+    assert "- Baselines: degraded input is the input as a user has it" in text
+    assert "inpainting radius 3, NL-means h = 6" in text
 
 
 def test_bad_input_files_are_named(tmp_path):

@@ -3,8 +3,10 @@
     render_report(["runs/palette-inpainting.json", "runs/regression-inpainting.json"], "report.md")
     # CLI: palette report runs/*.json --out report.md   (also report.png when matplotlib is installed)
 
-One table per task (Model | FID | IS | CA | PD | L1 | PSNR | SSIM | SWD | fid_proxy_random_inception) and a
-sample-diversity table (Palette §5.4). A metric that was skipped or not computed shows as "–".
+One table per task (Model | FID | IS | CA | PD | L1 | PSNR | SSIM | SWD | fid_proxy_random_inception | colourfulness
+relative to the targets) and a sample-diversity table (Palette §5.4) of the runs with several samples per input.
+A metric that was skipped or not computed shows as "–". Runs evaluated as `--model input|telea|navier_stokes|
+nlmeans` are the baselines of `palette.baselines` and get their labels ("degraded input", "OpenCV Telea", ...).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .baselines import BASELINE_LABELS, INPAINT_RADIUS, NLMEANS_STRENGTH
 from .evaluate import headline_value
 
 # (header, metric, format); CA is stored as a fraction and shown in percent like the paper.
@@ -29,6 +32,7 @@ QUALITY_COLUMNS = (
     ("SSIM ↑", "ssim", "{:.3f}"),
     ("SWD ↓", "swd", "{:.2f}"),
     ("fid_proxy_random_inception ↓", "fid_proxy_random_inception", "{:.3f}"),
+    ("Colour ÷ target", "colourfulness_ratio", "{:.0%}"),
 )
 DIVERSITY_COLUMNS = (("SSIM ↓", "diversity_ssim", "{:.3f}"), ("LPIPS ↓", "diversity_lpips", "{:.3f}"))
 NO_TASK = "task not recorded"
@@ -54,7 +58,13 @@ def _load_run(path: str | Path) -> _Run:
         raise ValueError(f"{path}: not a readable evaluate JSON file ({error})") from error
     if not isinstance(results, dict) or "metrics" not in results:
         raise ValueError(f"{path}: no 'metrics' entry; expected the output of palette evaluate --out")
-    return _Run(path, results.get("model") or path.stem, results.get("task") or NO_TASK, results)
+    model = results.get("model") or path.stem
+    return _Run(path, BASELINE_LABELS.get(model, model), results.get("task") or NO_TASK, results)
+
+
+def _single_sample(run: _Run) -> bool:
+    """One sample per input: no diversity to measure (baselines and single-sample runs)."""
+    return run.results.get("samples_per_input") == 1
 
 
 def _table(runs: Sequence[_Run], columns: Sequence[tuple[str, str, str]]) -> list[str]:
@@ -98,26 +108,39 @@ def render_report(result_files: Sequence[str | Path], out: str | Path) -> Path:
         raise ValueError("render_report needs at least one evaluate JSON file")
     runs = [_load_run(path) for path in result_files]
     out = Path(out)
-    lines = ["# Palette evaluation", "", "Results: " + ", ".join(f"`{run.source.name}`" for run in runs), ""]
+    names = [run.source.name for run in runs]
+    if len(set(names)) < len(names):  # validate.sh writes <set>/<model>.json: name the folder too
+        names = [f"{run.source.parent.name}/{run.source.name}" for run in runs]
+    lines = ["# Palette evaluation", "", "Results: " + ", ".join(f"`{name}`" for name in names), ""]
     for task in dict.fromkeys(run.task for run in runs):
         task_runs = [run for run in runs if run.task == task]
         lines += [f"## {task}", "", *_table(task_runs, QUALITY_COLUMNS), ""]
         counts = ", ".join(f"{run.model}: {run.results.get('num_images', '?')} images, "
                            f"{run.results.get('samples_per_input', '?')} sample(s) each" for run in task_runs)
         lines += [f"Images: {counts}.", ""]
-        lines += ["Sample diversity: mean similarity of each input's first sample to its other samples "
-                  "(lower = more diverse; needs 2 or more samples per input).", "",
-                  *_table(task_runs, DIVERSITY_COLUMNS), ""]
+        sampled = [run for run in task_runs if not _single_sample(run)]
+        if sampled:
+            lines += ["Sample diversity: mean similarity of each input's first sample to its other samples "
+                      "(lower = more diverse; needs 2 or more samples per input).", "",
+                      *_table(sampled, DIVERSITY_COLUMNS), ""]
 
     lines += ["## Notes", "",
               "- L1, PSNR (MAX = 1) and SSIM are on [0, 1] intensities, mean over images; CA is top-1 accuracy.",
               "- SWD is PGGAN's sliced Wasserstein distance on Laplacian-pyramid patches, x 1e3, mean over levels.",
               "- fid_proxy_random_inception is FID's formula on a fixed-seed *randomly initialised* Inception-v3. "
-              "It is not FID and cannot be compared with published FIDs; it only ranks runs evaluated alike."]
+              "It is not FID and cannot be compared with published FIDs; it only ranks runs evaluated alike.",
+              "- Colour ÷ target is the mean colourfulness (Hasler & Süsstrunk 2003) of the outputs over the "
+              "targets'; 100% matches them, a gray output scores 0%."]
+    if any(run.model in BASELINE_LABELS.values() for run in runs):
+        lines.append(f"- Baselines: {BASELINE_LABELS['input']} is the input as a user has it (gray, mid-gray hole, "
+                     f"decoded JPEG); the OpenCV rows are `palette baseline` outputs (inpainting radius "
+                     f"{INPAINT_RADIUS}, NL-means h = {NLMEANS_STRENGTH}).")
     # One line per distinct reason, naming the metrics and the runs it applies to.
     skipped: dict[str, tuple[dict[str, None], dict[str, None]]] = {}
     for run in runs:
         for metric, reason in run.results.get("skipped", {}).items():
+            if metric.startswith("diversity_") and _single_sample(run):
+                continue  # such runs have no row in the diversity table
             metrics, names = skipped.setdefault(reason, ({}, {}))
             metrics[metric] = names[f"{run.model} ({run.task})"] = None
     for reason, (metrics, names) in skipped.items():
