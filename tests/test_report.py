@@ -103,7 +103,7 @@ def test_baseline_rows_get_their_labels_and_no_diversity_row(tmp_path):
     assert diversity == "|---|---:|---:|\n| palette | 0.500 | – |"
     assert needs_samples not in text
     assert "- Baselines: degraded input is the input as a user has it" in text
-    assert "inpainting radius 3, NL-means h = 6" in text
+    assert "(inpainting as palette.tasks.inpaint_fill, NL-means h = 6)" in text
 
 
 def test_bad_input_files_are_named(tmp_path):

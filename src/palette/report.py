@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .baselines import BASELINE_LABELS, INPAINT_RADIUS, NLMEANS_STRENGTH
+from .baselines import BASELINE_LABELS, NLMEANS_STRENGTH
 from .evaluate import headline_value
 
 # (header, metric, format); CA is stored as a fraction and shown in percent like the paper.
@@ -133,8 +133,8 @@ def render_report(result_files: Sequence[str | Path], out: str | Path) -> Path:
               "targets'; 100% matches them, a gray output scores 0%."]
     if any(run.model in BASELINE_LABELS.values() for run in runs):
         lines.append(f"- Baselines: {BASELINE_LABELS['input']} is the input as a user has it (gray, mid-gray hole, "
-                     f"decoded JPEG); the OpenCV rows are `palette baseline` outputs (inpainting radius "
-                     f"{INPAINT_RADIUS}, NL-means h = {NLMEANS_STRENGTH}).")
+                     f"decoded JPEG); the OpenCV rows are `palette baseline` outputs (inpainting as "
+                     f"palette.tasks.inpaint_fill, NL-means h = {NLMEANS_STRENGTH}).")
     # One line per distinct reason, naming the metrics and the runs it applies to.
     skipped: dict[str, tuple[dict[str, None], dict[str, None]]] = {}
     for run in runs:
