@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import Config, ConfigError, config_from_dict, config_to_dict
+from .files import write_atomic
 
 CONFIG_KEY = "palette_config"
 
@@ -31,36 +32,65 @@ class CheckpointError(ValueError):
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], config: Config,
                  dtype: torch.dtype | None = None) -> None:
     """Write weights plus the config as safetensors metadata, atomically (temp file + rename)."""
-    path = Path(path)
     tensors = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in state_dict.items()}
-    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
+    metadata = {CONFIG_KEY: json.dumps(config_to_dict(config))}
+    write_atomic(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+
+
+# The first bytes of what torch.save (a zip archive) and pickle (PROTO opcode, protocol 2-5) write.
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = 0x80
+
+
+def _is_pickle(head: bytes) -> bool:
+    return head.startswith(ZIP_MAGIC) or (len(head) > 1 and head[0] == PICKLE_PROTO and 2 <= head[1] <= 5)
+
+
+def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
+    """A one-line CheckpointError saying what `path` holds instead of safetensors, as far as its bytes tell.
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header starting with `{`, then the data.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    header_length = int.from_bytes(head[:8], "little")
+    if size == 0:
+        what = "an empty file (0 bytes)"
+    elif _is_pickle(head):
+        what = ("a pickle (torch.save, .pt or .ckpt), which palette never loads because unpickling can run any "
+                "code; palette reads only the .safetensors files it writes")
+    elif head[8:9] == b"{" and (8 + header_length > size or "incomplete" in str(error)):
+        what = f"a truncated safetensors file ({size} bytes; {error})"
+    else:
+        what = f"not a safetensors file ({error})"
+    return CheckpointError(f"{path}: {what}")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, or a CheckpointError naming it; nothing is unpickled."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        save_file(tensors, temp, metadata={CONFIG_KEY: json.dumps(config_to_dict(config))})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # the temp file is 0600; give it the permissions a plain write would
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(str(path)), metadata
+    except SafetensorError as error:
+        raise _not_safetensors(path, error) from error
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from error
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     """Read weights (as float32) and the config stored beside them."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    tensors, metadata = _read_safetensors(path)
     if CONFIG_KEY not in metadata:
         raise CheckpointError(f"{path}: no palette config in its metadata; was it written by palette?")
     try:
         config = config_from_dict(json.loads(metadata[CONFIG_KEY]))
-    except ConfigError as error:
+    except (ConfigError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: stored config is invalid: {error}") from error
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config
 
@@ -69,12 +99,37 @@ def load_state(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], pat
     """Load weights read from `path` into `module`, or raise CheckpointError naming what does not fit."""
     try:
         missing, unexpected = module.load_state_dict(state_dict, strict=False)
-    except RuntimeError as error:  # a shape mismatch
-        raise CheckpointError(f"{path}: weights do not fit this network ({str(error).splitlines()[-1].strip()})") \
-            from error
+    except RuntimeError as error:  # shape mismatches, one line each after a heading
+        mismatches = [line.strip() for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
+        raise CheckpointError(f"{path}: weights do not fit this network, {len(mismatches)} tensor(s) differ "
+                              f"(first: {mismatches[0]}); a checkpoint of another network preset?") from error
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit this network "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def check_device(name: str | torch.device | None) -> torch.device:
+    """The torch device `name` names (None: cuda if available, else cpu), or a ValueError saying why it cannot run.
+
+    Checked before a model is loaded, so `--device cuda` on a machine without CUDA is one line, not a traceback.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"--device {name}: not a device name (e.g. cpu, cuda, cuda:1)") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: palette runs on cpu, cuda or mps")
+    return device
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -100,9 +155,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace a small text file so that a reader sees the old or the new text, never a part."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
+    write_atomic(path, lambda temporary: temporary.write_text(text))
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -172,8 +225,11 @@ def read_checkpoint(folder: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{folder}: incomplete checkpoint, {name} is missing")
     model, config = load_weights(folder / "model.safetensors")
     ema, _ = load_weights(folder / "ema.safetensors")
-    tensors = load_file(str(folder / "training_state.safetensors"))
-    plain = json.loads((folder / "training_state.json").read_text())
+    tensors, _ = _read_safetensors(folder / "training_state.safetensors")
+    try:
+        plain = json.loads((folder / "training_state.json").read_text())
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise CheckpointError(f"{folder / 'training_state.json'}: not valid JSON ({error})") from error
     return {
         "step": plain["step"],
         "config": config,

@@ -249,15 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a subcommand; a bad input, checkpoint, config, option or file is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .imageio import ImageError
-
     try:
         args.handler(args)
-    except (ConfigError, ImageError, CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"palette {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # ImageError, CheckpointError and ConfigError are ValueErrors
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        print(f"palette {args.command}: error: {' '.join(lines)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from .config import DataConfig
-from .imageio import ImageError, list_images, open_image, pil_to_tensor
+from .imageio import ImageError, frame_count, list_images, open_image, pil_to_tensor
 from .tasks import get_task
 
 
@@ -33,18 +33,25 @@ def resolve_sources(source: str | Path) -> list[Path]:
 
 
 def usable_images(paths: list[Path], source: str | Path) -> list[Path]:
-    """Drop files that cannot be decoded, warning with each name; error when none is left."""
-    good = []
+    """The files that fully decode, each decoded once; the rest are skipped with a warning naming each.
+
+    Decoding (not Image.verify, which passes a truncated JPEG) finds a broken file here rather than at the step
+    that first draws it. An animated image is used by its first frame; how many are is counted in a warning.
+    """
+    good, animated = [], 0
     for path in paths:
         try:
-            with Image.open(path) as image:
-                image.verify()
-            good.append(path)
-        except Exception as error:  # Pillow raises many types for broken files
-            warnings.warn(f"skipping unreadable image {path}: {error}", stacklevel=2)
+            open_image(path)
+        except ImageError as error:
+            warnings.warn(f"skipping {error}", stacklevel=2)
+            continue
+        good.append(path)
+        animated += frame_count(path) > 1
     skipped = len(paths) - len(good)
     if skipped:
         warnings.warn(f"{source}: skipped {skipped} unreadable image(s) of {len(paths)}", stacklevel=2)
+    if animated:
+        warnings.warn(f"{source}: {animated} animated image(s) are used by their first frame", stacklevel=2)
     if not good:
         raise ImageError(f"{source}: no usable image found")
     return good
@@ -84,6 +91,7 @@ class PaletteDataset(Dataset):
         self.task_probabilities = weights / weights.sum()
         self.tasks = [get_task(name) for name in self.task_names]
         self._cache: dict[int, Image.Image] = {}
+        self._failed: set[int] = set()  # files that stopped decoding after usable_images checked them
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -103,9 +111,25 @@ class PaletteDataset(Dataset):
             self._cache[index] = image
         return image
 
+    def draw_image(self, rng: np.random.Generator) -> Image.Image:
+        """A random image; one that no longer decodes is skipped with a warning and another is drawn.
+
+        The draws come from `rng`, so a file that fails on every read is skipped the same way on every resume.
+        """
+        while len(self._failed) < len(self.paths):
+            index = int(rng.integers(len(self.paths)))
+            if index in self._failed:
+                continue
+            try:
+                return self.image(index)
+            except ImageError as error:
+                self._failed.add(index)
+                warnings.warn(f"skipping {error}; drawing another image", stacklevel=2)
+        raise ImageError(f"{self.config.source}: none of its {len(self.paths)} image(s) decodes any more")
+
     def __getitem__(self, sample_number: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, sample_number])
-        image = self.image(int(rng.integers(len(self.paths))))
+        image = self.draw_image(rng)
         clean = pil_to_tensor(random_crop(image, self.config.image_size, self.config.crop_scale, self.config.flip, rng))
         task_index = int(rng.choice(len(self.tasks), p=self.task_probabilities))
         degraded = self.tasks[task_index].degrade(clean, rng)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .imageio import ImageError, open_image, save_image
+from .imageio import BLACK, ImageError, open_image, save_image
 
 MaskKind = Literal[
     "train",
@@ -348,18 +348,40 @@ def make_mask(kind: MaskKind, height: int, width: int, rng: np.random.Generator)
     return _MASK_MAKERS[kind](height, width, rng)
 
 
-def load_mask(path: str | Path, height: int | None = None, width: int | None = None) -> torch.Tensor:
-    """Read a mask image (gray >= 128 = generate) as float32 [1, H, W], checking its size if given."""
-    image = open_image(path, "L")
+class EmptyMaskError(ImageError):
+    """A mask with no pixel to generate: the output is the input, so a sampler may copy it and warn."""
+
+
+def check_mask_coverage(mask: torch.Tensor, path: str | Path) -> None:
+    """Refuse a mask that leaves nothing to do: all black (EmptyMaskError) or all white (no known pixels)."""
+    if not mask.any():
+        raise EmptyMaskError(f"{path}: mask is all black: nothing to generate, the output would be the input")
+    if mask.all():
+        raise ImageError(f"{path}: mask is all white: no known pixels to work from (white = generate)")
+
+
+def load_mask(path: str | Path, height: int | None = None, width: int | None = None,
+              check_coverage: bool = False) -> torch.Tensor:
+    """Read a mask image as float32 [1, H, W]: 1 (white) = generate, 0 (black) = known.
+
+    Any image works: colour is converted to gray, transparent pixels count as black (known), and the gray is
+    thresholded at 50% (>= 128 = generate), so a mask saved as JPEG, whose edges are no longer pure black and
+    white, reads as the binary mask it was. A size other than `height` x `width` is an ImageError (resizing
+    would move the hole's edge); `check_coverage` also refuses all-black and all-white masks (check_mask_coverage).
+    """
+    image = open_image(path, "L", background=BLACK)
     expected = (image.height if height is None else height, image.width if width is None else width)
     if (image.height, image.width) != expected:
         raise ImageError(
             f"{path}: mask is {image.height}x{image.width} (HxW) but the image is "
-            f"{expected[0]}x{expected[1]}"
+            f"{expected[0]}x{expected[1]}; a mask must match its image pixel for pixel"
         )
-    return _to_tensor(np.asarray(image) >= 128)
+    mask = _to_tensor(np.asarray(image) >= 128)
+    if check_coverage:
+        check_mask_coverage(mask, path)
+    return mask
 
 
 def save_mask(mask: torch.Tensor, path: str | Path) -> None:
-    """Write a [1, H, W] mask as a black-and-white PNG (white = generate)."""
+    """Write a [1, H, W] mask as a black-and-white PNG (white = generate), atomically."""
     save_image(mask.float() * 2 - 1, path)
