@@ -100,3 +100,11 @@ def test_bad_override_and_file_errors(tmp_path):
     bad.write_text("train: {steps: [}")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(bad)
+
+
+def test_residual_scales_name_registered_tasks_and_are_positive():
+    assert config_from_dict({"diffusion": {"residual_scale": {"jpeg": 4.8}}}).diffusion.residual_scale == {"jpeg": 4.8}
+    with pytest.raises(ConfigError, match="diffusion.residual_scale: unknown task 'deblur'"):
+        config_from_dict({"diffusion": {"residual_scale": {"deblur": 2}}})
+    with pytest.raises(ConfigError, match="diffusion.residual_scale.jpeg: must be > 0"):
+        config_from_dict({"diffusion": {"residual_scale": {"jpeg": 0}}})

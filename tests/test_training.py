@@ -197,7 +197,9 @@ def test_a_residual_model_starts_from_the_input_and_learns_the_residual(image_fo
     output = restore(model, condition, mask)
     assert torch.equal(output, source_estimate(condition, mask))
     # The loss is that of the residual: a fake network predicting target - input exactly scores zero.
-    batch = {"target": torch.rand(2, 3, 16, 16) * 2 - 1, "condition": condition, "mask": mask}
+    # Tasks are numbered in sorted order: 2 = jpeg, 1 = inpainting.
+    batch = {"target": torch.rand(2, 3, 16, 16) * 2 - 1, "condition": condition, "mask": mask,
+             "task": torch.tensor([2, 1])}
     residual = batch["target"] - source_estimate(condition, mask)
     ideal = lambda noisy, noise_level, condition: residual
     generator = torch.Generator().manual_seed(0)
@@ -205,6 +207,12 @@ def test_a_residual_model_starts_from_the_input_and_learns_the_residual(image_fo
     assert diffusion_loss(ideal, batch, config, levels, generator).abs().max() < 1e-12
     direct = replace(config, diffusion=replace(config.diffusion, residual=False))
     assert diffusion_loss(ideal, batch, direct, levels, generator).amin() > 1e-3
+    # Per-task residual scales: the target of sample i is its residual times its task's scale.
+    scaled = replace(config, diffusion=replace(config.diffusion, residual_scale={"jpeg": 4.0, "inpainting": 2.0}))
+    factor = torch.tensor([4.0, 2.0]).view(2, 1, 1, 1)
+    ideal_scaled = lambda noisy, noise_level, condition: residual * factor
+    assert diffusion_loss(ideal_scaled, batch, scaled, levels, generator).abs().max() < 1e-10
+    assert diffusion_loss(ideal, batch, scaled, levels, generator).amin() > 1e-3
 
 
 def test_a_run_can_start_from_trained_weights(tiny_config, image_folder, tmp_path):

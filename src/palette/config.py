@@ -71,6 +71,9 @@ class DiffusionConfig:
     # Diffuse target - source_estimate(condition) instead of the target (as SRDiff, Li et al. 2022, does for
     # super-resolution): the input's own content is free, and the model only learns what it lacks.
     residual: bool = False
+    # With `residual`: per task name, the factor its residual is multiplied by, so every task diffuses at about
+    # the same scale (EDM's sigma_data = 0.5, Karras et al. 2022 §5) and weighs alike in the loss. Unlisted: 1.
+    residual_scale: dict[str, float] = field(default_factory=dict)
     # Training: linear beta over 2000 steps, noise level drawn between steps (SR3 / WaveGrad).
     train_steps: int = 2000
     train_beta_start: float = 1e-6
@@ -244,6 +247,11 @@ def _validate(config: Config) -> Config:
             raise ConfigError(f"data.tasks.{name}: weight must be >= 0, got {weight}")
     if not config.data.tasks or sum(config.data.tasks.values()) <= 0:
         raise ConfigError("data.tasks: give at least one task with a positive weight")
+    for name, factor in config.diffusion.residual_scale.items():
+        if name not in tasks:
+            raise ConfigError(f"diffusion.residual_scale: unknown task {name!r}; expected some of {', '.join(tasks)}")
+        if factor <= 0:
+            raise ConfigError(f"diffusion.residual_scale.{name}: must be > 0, got {factor}")
     size = config.data.image_size
     if size % 2 ** (len(config.network.channel_mults) - 1):
         raise ConfigError(f"data.image_size: {size} is not divisible by the U-Net's downsampling factor")

@@ -43,7 +43,7 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
     if config.diffusion.residual:
         # The network sees the estimate it adds to (for holes, the OpenCV fill in place of Palette's noise).
         condition = source_estimate(condition, mask)
-        target = target - condition
+        target = (target - condition) * task_scales(config, target.device)[batch["task"]].view(-1, 1, 1, 1)
     objective = config.diffusion.objective
     size = target.shape[0]
     if objective == "regression":
@@ -55,6 +55,12 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
     prediction = net(noisy, noise_level, condition)
     wanted = noise if objective == "eps" else v_target(target, noise_level, noise)
     return masked_loss(prediction, wanted, mask, config.diffusion.loss)
+
+
+def task_scales(config: Config, device: torch.device) -> torch.Tensor:
+    """Residual scale per task index of a batch (tasks in sorted order, as the dataset numbers them)."""
+    scales = config.diffusion.residual_scale
+    return torch.tensor([scales.get(name, 1.0) for name in sorted(config.data.tasks)], device=device)
 
 
 def ema_decay(base: float, step: int) -> float:
@@ -166,9 +172,9 @@ def _truncate_log(path: Path, step: int) -> None:
 def _preview(model: Model, dataset: PaletteDataset, count: int, path: Path) -> None:
     """A grid with one row per example: condition | sample | target."""
     items = [dataset[i] for i in range(count)]
-    condition = torch.stack([i["condition"] for i in items])
-    mask = torch.stack([i["mask"] for i in items])
-    output = restore(model, condition, mask, seed=0).cpu()
+    condition = [i["condition"] for i in items]
+    output = [restore(model, c[None], i["mask"][None], seed=0, task=dataset.tasks[int(i["task"])])[0].cpu()
+              for c, i in zip(condition, items)]
     rows = [torch.cat([c, o, i["target"]], dim=2) for c, o, i in zip(condition, output, items)]
     save_image(torch.cat(rows, dim=1), path)
 
