@@ -4,7 +4,7 @@ the quality-versus-steps curve of the samplers.
     palette bench --preset base --size 256 --batch-size 16             # on a CUDA GPU; appends to BENCHMARKS.md
     palette bench --preset tiny --size 16 --device cpu --quick --no-compile --samplers ddim:4
     palette bench --quality runs/demo --data photos/ --task inpainting  # PSNR, SWD and s/image per sampler:steps
-    python -m palette.bench --quick ...                                 # the same as `palette bench --quick ...`
+    python -m palette bench --quick ...                                 # the same as `palette bench --quick ...`
 
     rows = run_bench(preset="base", image_size=256, batch_size=16)     # the same from Python
 
