@@ -12,6 +12,7 @@ from PIL import Image
 
 from palette.checkpoint import latest_checkpoint, read_checkpoint
 from palette.cli import main
+from palette.demo import example_images
 from palette.tasks import LUMA_WEIGHTS
 
 from conftest import tiny_values, write_images
@@ -47,15 +48,14 @@ def test_degrade_then_sample_writes_outputs_of_the_input_size(trained, task, tmp
             "--output", str(tmp_path / "out"), "--steps", "3", "--num-samples", "2", "--device", "cpu"]
     if task in ("inpainting", "uncropping"):
         argv += ["--mask", str(tmp_path / "set" / "masks")]
-    with pytest.warns(UserWarning, match="resized to the model's 16x16"):
-        main(argv)
+    main(argv)  # 24 px inputs to a 16 px model: restored at their own size, nothing resized
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert outputs == sorted(f"{p.stem}_{k}.png" for p in inputs for k in range(2))
     for name in outputs:
         with Image.open(tmp_path / "out" / name) as image:
             assert image.size == (24, 24) and image.mode == "RGB"
     if task in ("inpainting", "uncropping"):
-        # Known pixels of the user's input come back untouched, even through the resize.
+        # Known pixels of the user's input come back untouched.
         stem = inputs[0].stem
         with Image.open(inputs[0]) as given, Image.open(tmp_path / "set" / "masks" / f"{stem}.png") as mask, \
                 Image.open(tmp_path / "out" / f"{stem}_0.png") as result:
@@ -77,6 +77,34 @@ def test_sampling_a_single_file_at_model_size(trained, tmp_path):
           "--task", "colorization", "--input", str(tmp_path / "gray" / "image0.png"), "--output", str(tmp_path / "o"),
           "--sampler", "ddpm", "--steps", "2"])
     assert (tmp_path / "o" / "image0.png").is_file()
+
+
+def test_sampling_a_large_odd_sized_photo_in_tiles_with_a_preview(trained, tmp_path, capsys):
+    write_images(tmp_path / "in", count=1, size=61)
+    main(["sample", "--checkpoint", str(trained / "run"), "--task", "jpeg", "--input", str(tmp_path / "in"),
+          "--output", str(tmp_path / "o"), "--steps", "2", "--tile", "32", "--overlap", "8",
+          "--preview", str(tmp_path / "preview")])
+    for folder in ("o", "preview"):
+        with Image.open(tmp_path / folder / "image0.png") as image:
+            assert image.size == (61, 61)
+    err = _error(capsys, ["sample", "--checkpoint", str(trained / "run"), "--task", "jpeg", "--input",
+                        str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--tile", "40"])
+    assert "tile size 40 must be a positive multiple of the alignment 16" in err
+
+
+def test_extend_grows_the_image_by_the_given_pixels(trained, tmp_path, capsys):
+    write_images(tmp_path / "in", count=1, size=20)
+    main(["extend", str(tmp_path / "in" / "image0.png"), "--right", "30", "--top", "4", "--output",
+          str(tmp_path / "wide.png"), "--checkpoint", str(trained / "run"), "--steps", "2",
+          "--preview", str(tmp_path / "coarse.png")])
+    with Image.open(tmp_path / "in" / "image0.png") as given, Image.open(tmp_path / "wide.png") as wide, \
+            Image.open(tmp_path / "coarse.png") as coarse:
+        assert wide.size == coarse.size == (20 + 30, 20 + 4)
+        # The photo itself comes back untouched, below the 4 new rows.
+        assert np.array_equal(np.asarray(wide)[4:, :20], np.asarray(given.convert("RGB")))
+    err = _error(capsys, ["extend", str(tmp_path / "in" / "image0.png"), "--output", str(tmp_path / "same.png"),
+                        "--checkpoint", str(trained / "run")])
+    assert "nothing to extend" in err
 
 
 def _logged_steps(run_dir: Path) -> list[int]:
@@ -167,12 +195,21 @@ def test_a_checkpoint_path_without_a_model_is_named(tmp_path, capsys):
 def test_demo_writes_the_page_and_grids(trained, tmp_path, capsys):
     main(["demo", "--checkpoint", str(trained / "run"), "--output", str(tmp_path / "demo"), "--steps", "2"])
     names = {p.name for p in (tmp_path / "demo").iterdir()}
-    assert names == {"index.html", "colorization.png", "inpainting_free_form_20_30.png", "inpainting_centre.png",
-                     "uncropping_right.png", "jpeg.png", "denoising.png", "diversity.png"}
+    cases = {"colorization", "inpainting_free_form_20_30", "inpainting_centre", "uncropping_right", "jpeg"}
+    assert names == {"index.html", "denoising.png", "diversity.png"} | {f"{case}.png" for case in cases} \
+        | {f"{case}_full.png" for case in cases}
     page = (tmp_path / "demo" / "index.html").read_text()
     assert all(f'src="{name}"' in page for name in names - {"index.html"})
     with Image.open(tmp_path / "demo" / "jpeg.png") as grid:  # 4 examples x (input | output | original), 3x zoom
         assert grid.size == (3 * 16 * 3, 4 * 16 * 3)
+    # The first bundled photo (256 px) at its own size: input | output | original, above their 3x zoomed crops.
+    with Image.open(tmp_path / "demo" / "inpainting_centre_full.png") as figure, \
+            Image.open(example_images()[0]) as original:
+        assert figure.size == (3 * 256, 256 + 85 * 3)
+        pixels = np.asarray(figure)
+        assert np.array_equal(pixels[:256, 512:], np.asarray(original.convert("RGB")))
+        zoom = pixels[256:, 512:512 + 255]
+        assert np.array_equal(zoom, zoom[::3, ::3].repeat(3, 0).repeat(3, 1)) and zoom.std() > 0
     assert "demo page:" in capsys.readouterr().out
 
 
@@ -182,3 +219,5 @@ def test_demo_on_a_users_image(trained, tmp_path):
           "--output", str(tmp_path / "demo"), "--steps", "2"])
     with Image.open(tmp_path / "demo" / "colorization.png") as grid:
         assert grid.size == (3 * 16 * 3, 16 * 3)
+    with Image.open(tmp_path / "demo" / "colorization_full.png") as figure:  # 30 px photo, 10 px crops zoomed 3x
+        assert figure.size == (3 * 30, 30 + 10 * 3)

@@ -2,6 +2,7 @@
 
     palette train --config configs/tiny.yaml --set train.steps=200 --run-dir runs/tiny
     palette sample --checkpoint runs/tiny --task inpainting --input inputs/ --mask masks/ --output out/
+    palette extend photo.jpg --right 512 --output wider.png
     palette degrade --task jpeg --input photos/ --output evalset/ --size 64
     palette evaluate --pred out/ --target evalset/targets --out results.json
     palette demo
@@ -20,6 +21,7 @@ from .masks import MASK_KINDS
 from .tasks import TASKS
 
 SAMPLERS = list(SamplerName.__args__)
+PRECISIONS = ["fp32", "bf16"]
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -51,8 +53,19 @@ def _sample(args: argparse.Namespace) -> None:
 
     written = sample_folder(args.checkpoint, args.task, args.input, args.output, mask=args.mask, sampler=args.sampler,
                             steps=args.steps, num_samples=args.num_samples, seed=args.seed,
-                            batch_size=args.batch_size, device=args.device, precision=args.precision)
+                            batch_size=args.batch_size, device=args.device, precision=args.precision,
+                            preview=args.preview, tile=args.tile, overlap=args.overlap)
     print(f"wrote {len(written)} image(s) to {args.output}")
+
+
+def _extend(args: argparse.Namespace) -> None:
+    from .demo import shipped_model_path
+    from .inference import extend_file
+
+    written = extend_file(args.checkpoint or shipped_model_path(), args.image, args.output, left=args.left,
+                          right=args.right, top=args.top, bottom=args.bottom, sampler=args.sampler, steps=args.steps,
+                          seed=args.seed, device=args.device, precision=args.precision, preview=args.preview)
+    print(f"wrote {written}")
 
 
 def _degrade(args: argparse.Namespace) -> None:
@@ -94,7 +107,8 @@ def _report(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(output=args.output, input=args.input, checkpoint=args.checkpoint, steps=args.steps, device=args.device)
+    run_demo(output=args.output, input=args.input, checkpoint=args.checkpoint, steps=args.steps, device=args.device,
+             full_size=not args.no_full_size)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -156,11 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, help="sampling steps, 1 to 1000 (default: the model's configured steps)")
     sample.add_argument("--num-samples", type=int, default=1, help="samples per input, written as <stem>_<k>.png")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=8)
+    sample.add_argument("--batch-size", type=int, default=8, help="tiles per network call (default: 8)")
     sample.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    sample.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    sample.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="network precision while sampling (bf16 autocast applies on CUDA only)")
+    sample.add_argument("--preview", metavar="DIR", help="write each coarse result here first, named like the output")
+    sample.add_argument("--tile", type=int, help="tile size in px (default: the task's)")
+    sample.add_argument("--overlap", type=int, help="tile overlap in px (default: the task's)")
     sample.set_defaults(handler=_sample)
+
+    extend = commands.add_parser("extend", help="grow an image by any number of pixels per side (uncropping)")
+    extend.add_argument("image")
+    for side in ("left", "right", "top", "bottom"):
+        extend.add_argument(f"--{side}", type=int, default=0, metavar="PIXELS")
+    extend.add_argument("--output", required=True, help="the grown image (PNG)")
+    extend.add_argument("--checkpoint", help="default: the shipped model")
+    extend.add_argument("--sampler", choices=SAMPLERS, help="default: the model's configured sampler")
+    extend.add_argument("--steps", type=int, help="sampling steps, 1 to 1000 (default: the model's configured steps)")
+    extend.add_argument("--seed", type=int, default=0)
+    extend.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    extend.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    extend.add_argument("--preview", metavar="PATH", help="write the coarse result here first")
+    extend.set_defaults(handler=_extend)
 
     degrade = commands.add_parser("degrade", help="make an evaluation set: inputs/, masks/, targets/")
     degrade.add_argument("--task", required=True, choices=list(TASKS))
@@ -206,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--checkpoint", help="default: the shipped model")
     demo.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     demo.add_argument("--device", default="cpu")
+    demo.add_argument("--no-full-size", action="store_true", help="only the model-size grids (faster)")
     demo.set_defaults(handler=_demo)
 
     export = commands.add_parser("export", help="EMA weights of a checkpoint as one self-contained .safetensors file")

@@ -1,5 +1,8 @@
 """`palette demo`: all four tasks on example images with the shipped model -> demo/index.html and PNG grids.
 
+Each task runs on model-size crops (the grids) and on one photo at its own size (restore_image), shown beside
+the original with a zoomed crop of what the model made.
+
     run_demo()                                  # bundled examples, shipped model
     run_demo(input="my_photo.jpg")              # your own image
 """
@@ -20,11 +23,13 @@ from tqdm import tqdm
 
 from .data import centre_crop
 from .imageio import list_images, open_image, pil_to_tensor, save_image
-from .inference import Model, load_model, restore
+from .inference import Model, load_model, restore, restore_image
+from .tiling import resize
 from .tasks import Task, get_task
 
 SHIPPED_MODEL = "palette-multitask-64.safetensors"
 DISPLAY_SCALE = 3  # the model works at 64 px; grids are enlarged with nearest-neighbour so pixels stay honest
+FULL_SIZE_LIMIT = 512  # the full-size photo's long side at most, so the demo stays minutes on a CPU
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,49 @@ def example_images() -> list[Path]:
 def _user_view(case: DemoCase, clean: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What a user would hand to `palette sample` (decoded), plus the model's condition and mask for it."""
     rng = np.random.default_rng(seed)
-    user = case.task.simulate_input(clean, rng)
-    with Image.open(io.BytesIO(user.data)) as image:
-        shown = pil_to_tensor(image.convert("RGB"))
-    degraded = case.task.condition_from_input(shown, user.mask, rng)
+    shown, mask = _simulated(case.task, clean, rng)
+    degraded = case.task.condition_from_input(shown, mask, rng)
     return shown, degraded.condition, degraded.mask
+
+
+def _simulated(task: Task, clean: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The degraded file a user would have for a clean image, decoded, and its mask."""
+    user = task.simulate_input(clean, rng)
+    with Image.open(io.BytesIO(user.data)) as image:
+        return pil_to_tensor(image.convert("RGB")), user.mask
+
+
+def _focus(mask: torch.Tensor | None, height: int, width: int) -> tuple[int, int]:
+    """Where to zoom: the middle of the generated pixels that touch known ones, else the image centre."""
+    if mask is None or mask.amin() > 0.5:
+        return height // 2, width // 2
+    generated = mask[0] > 0.5
+    edge = torch.zeros_like(generated)
+    edge[1:] |= generated[1:] != generated[:-1]
+    edge[:, 1:] |= generated[:, 1:] != generated[:, :-1]
+    rows, cols = torch.nonzero(edge & generated, as_tuple=True)
+    return int(rows.float().mean()), int(cols.float().mean())
+
+
+def _full_size_figure(images: list[torch.Tensor], mask: torch.Tensor | None, path: Path) -> None:
+    """Images side by side at their size; below each, a crop around the focus enlarged DISPLAY_SCALE times."""
+    height, width = images[0].shape[1:]
+    side = max(1, min(height, width) // DISPLAY_SCALE)
+    row, col = _focus(mask, height, width)
+    top, left = min(max(0, row - side // 2), height - side), min(max(0, col - side // 2), width - side)
+    crops = []
+    for image in images:
+        crop = image[:, top:top + side, left:left + side]
+        crop = crop.repeat_interleave(DISPLAY_SCALE, 1).repeat_interleave(DISPLAY_SCALE, 2)
+        crops.append(torch.nn.functional.pad(crop, (0, width - crop.shape[2], 0, 0), value=-1.0))
+    save_image(torch.cat([torch.cat(images, dim=2), torch.cat(crops, dim=2)], dim=1), path)
+
+
+def _full_size_case(model: Model, case: DemoCase, photo: torch.Tensor, steps: int | None,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The user's file for a photo, restored at its own size: (input as shown, output, mask)."""
+    shown, mask = _simulated(case.task, photo, np.random.default_rng(seed))
+    return shown, restore_image(model, case.task, shown, mask, steps=steps, seed=seed, progress=False), mask
 
 
 def _grid(rows: list[list[torch.Tensor]], path: Path) -> None:
@@ -69,9 +112,15 @@ def _grid(rows: list[list[torch.Tensor]], path: Path) -> None:
         saved.resize((size[1] * DISPLAY_SCALE, size[0] * DISPLAY_SCALE), Image.NEAREST).save(path)
 
 
+def _full_size_photo(path: Path) -> torch.Tensor:
+    image = open_image(path)
+    scale = min(1.0, FULL_SIZE_LIMIT / max(image.size))
+    return resize(pil_to_tensor(image), round(image.height * scale), round(image.width * scale)).clamp(-1, 1)
+
+
 def run_demo(output: str | Path = "demo", input: str | Path | None = None, checkpoint: str | Path | None = None,
-             steps: int | None = None, device: str = "cpu", seed: int = 0) -> Path:
-    """Restore every demo case and write `output/index.html`; returns its path."""
+             steps: int | None = None, device: str = "cpu", seed: int = 0, full_size: bool = True) -> Path:
+    """Restore every demo case (and, with `full_size`, one photo at its size) and write `output/index.html`."""
     start = time.perf_counter()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -79,6 +128,7 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
     size = model.image_size
     paths = [Path(input)] if input else example_images()
     cleans = [pil_to_tensor(centre_crop(open_image(p), size)) for p in paths]
+    photo = _full_size_photo(paths[0])
     sections = []
     for case_index, case in enumerate(tqdm(DEMO_CASES, desc="demo")):
         views = [_user_view(case, clean, seed + 100 * case_index + i) for i, clean in enumerate(cleans)]
@@ -87,6 +137,12 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
         name = case.task.label
         _grid([[v[0], o, c] for v, o, c in zip(views, outputs, cleans)], output / f"{name}.png")
         sections.append((case.title, f"{name}.png", "input | output | original"))
+        if full_size:
+            shown, restored, mask = _full_size_case(model, case, photo, steps, seed + case_index)
+            _full_size_figure([shown, restored, photo], mask, output / f"{name}_full.png")
+            height, width = photo.shape[1:]
+            sections.append((f"{case.title}, at {width}×{height}", f"{name}_full.png",
+                             f"input | output | original at their size; below, a {DISPLAY_SCALE}× zoom"))
 
     # The denoising process for one image, and several samples for one input (Palette Fig. 5-style).
     case = DEMO_CASES[2]
@@ -111,7 +167,8 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
     page.write_text(
         "<!doctype html><meta charset=\"utf-8\"><title>Palette demo</title>"
         "<style>body{font-family:sans-serif;margin:2em}img{image-rendering:pixelated;max-width:100%}</style>"
-        f"<h1>Palette demo</h1><p>{len(paths)} image(s) at {size}&times;{size}, sampler {sampler}, {used_steps} steps, "
+        f"<h1>Palette demo</h1><p>{len(paths)} image(s) at {size}&times;{size} (and one at its own size), "
+        f"sampler {sampler}, {used_steps} steps, "
         f"{elapsed:.1f} s on {model.device}.</p>\n{body}\n")
     print(f"demo page: {page.resolve()}")
     for _, file, _ in sections:

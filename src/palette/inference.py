@@ -1,7 +1,9 @@
-"""Restoring images with a trained model: load a checkpoint, build the denoiser, sample batches and folders.
+"""Restoring images with a trained model: load a checkpoint, build the denoiser, sample batches, photos and folders.
 
     model = load_model("runs/demo")                    # a run folder, checkpoint folder or .safetensors file
-    outputs = restore(model, condition, mask, sampler="dpmpp", steps=20, seed=0)
+    outputs = restore(model, condition, mask, sampler="dpmpp", steps=20, seed=0)   # a batch at the model's grid
+    photo = restore_image(model, get_task("jpeg"), image)                        # one image at its own size
+    wider = extend_image(model, image, right=512)                                 # grow an image
     sample_folder("model.safetensors", "inpainting", "inputs/", "out/", mask="masks/")
 """
 
@@ -10,22 +12,22 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .checkpoint import load_state, load_weights, resolve_weights
 from .config import Config
 from .diffusion import paste_known, x0_from_eps, x0_from_v
-from .imageio import ImageError, list_images, load_image, resize_image, save_image
+from .imageio import ImageError, list_images, load_image, save_image
 from .masks import load_mask
 from .network import PaletteNet, autocast, regression_output
-from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler
+from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler, sdedit_start_step
 from .tasks import Task, get_task, source_estimate
+from .tiling import Preview, TiledNetwork, TileGrid
 
 
 @dataclass
@@ -97,12 +99,15 @@ def derive_seed(seed: int, *names: str) -> int:
 @torch.no_grad()
 def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: str | None = None,
             steps: int | None = None, seed: int | Sequence[int] = 0, callback: StepCallback | None = None,
-            task: Task | None = None, precision: Precision = "fp32") -> torch.Tensor:
+            task: Task | None = None, precision: Precision = "fp32", init: torch.Tensor | None = None,
+            strength: float = 1.0) -> torch.Tensor:
     """Restore a batch: condition [N,3,H,W], mask [N,1,H,W] (1 = generate) -> images [N,3,H,W] in [-1,1].
 
     `seed` is one seed per sample, or one int from which each sample's is derived by its position.
     With `task`, every estimate is made to agree with what the input fixes (Task.keep_input).
-    `callback` sees x_t and the x0 prediction as images, also for a residual model.
+    `callback` sees x_t and the x0 prediction as images, also for a residual model. With `init` [N,3,H,W],
+    sampling starts from it re-noised `strength` of the way (SDEdit, Meng et al. 2022) and runs that share of
+    the steps; a residual model then adds its output to `init` (known pixels pasted), its best estimate so far.
     """
     config = model.config
     sampler = sampler or config.sampling.sampler
@@ -115,7 +120,10 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
 
     # A residual model works on target - offset, its known region is then zero, and it sees the offset.
     residual_model = config.diffusion.residual
-    offset = source_estimate(condition, mask) if residual_model else torch.zeros_like(condition)
+    if residual_model and init is not None:
+        offset = paste_known(init.to(model.device), condition, mask)
+    else:
+        offset = source_estimate(condition, mask) if residual_model else torch.zeros_like(condition)
     network_condition = offset if residual_model else condition
     has_known = bool(mask.amin() < 1)
     if config.diffusion.objective == "regression":
@@ -128,51 +136,142 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
         residual = run_sampler(denoise, scheduler, condition.shape, known=condition - offset if has_known else None,
                                mask=mask if has_known else None,
                                generator=generators_for(seed, condition.shape[0], model.device),
-                               device=model.device, callback=as_images)
+                               device=model.device, callback=as_images,
+                               start=None if init is None else init.to(model.device) - offset,
+                               start_step=sdedit_start_step(steps, strength))
     return paste_known(finish(offset + residual), condition if has_known else None, mask)
+
+
+def size_multiple(config: Config) -> int:
+    """What the U-Net's input sides must be a multiple of: 2 per downsampling."""
+    return 2 ** (len(config.network.channel_mults) - 1)
+
+
+@dataclass
+class TaskSampler:
+    """Samples the pieces a full-size strategy asks for (tiling.WindowSampler) with one model, task and options."""
+
+    model: Model
+    task: Task
+    sampler: str | None = None
+    steps: int | None = None
+    seed: int = 0
+    precision: Precision = "fp32"
+    tile_batch: int = 8
+    progress: bool = True
+
+    def sample(self, image: torch.Tensor, mask: torch.Tensor | None, grid: TileGrid, label: str,
+               init: torch.Tensor | None = None, strength: float = 1.0,
+               on_estimate: Preview | None = None) -> torch.Tensor:
+        from tqdm import tqdm
+
+        seed = derive_seed(self.seed, label)
+        degraded = self.task.condition_from_input(image, mask, np.random.default_rng(seed))
+        config = self.model.config
+        steps = config.sampling.steps if self.steps is None else self.steps
+        calls = 1 if config.diffusion.objective == "regression" else steps - sdedit_start_step(steps, strength)
+        net = TiledNetwork(self.model.net, grid, size_multiple(config), active=degraded.mask[None] > 0.5,
+                           batch_size=self.tile_batch)
+        tiles = len(net.layout(1, *image.shape[1:])[2])
+        callback = None if on_estimate is None else \
+            lambda index, x, predicted: on_estimate(predicted[0].cpu()) if index == 0 else None
+        with tqdm(total=tiles * calls, desc=label, unit="tile", disable=not self.progress, leave=False) as bar:
+            net.on_tiles = bar.update
+            restored = restore(Model(net, config, self.model.device), degraded.condition[None], degraded.mask[None],
+                               sampler=self.sampler, steps=steps, seed=[seed], callback=callback, task=self.task,
+                               precision=self.precision, init=None if init is None else init[None], strength=strength)
+        return restored[0].cpu()
+
+    def finish(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        return self.task.keep_input(image, given).clamp(-1, 1)
+
+
+@torch.no_grad()
+def restore_image(model: Model, task: Task, image: torch.Tensor, mask: torch.Tensor | None = None,
+                  sampler: str | None = None, steps: int | None = None, seed: int = 0, precision: Precision = "fp32",
+                  progress: bool = True, preview: Preview | None = None, tile: int | None = None,
+                  overlap: int | None = None, tile_batch: int = 8) -> torch.Tensor:
+    """Restore one user image [3, H, W] (mask [1, H, W], 1 = generate) at its own size -> [3, H, W] in [-1, 1].
+
+    The task's full-size strategy (Task.full_size: tiles, a small view, or windows coarse to fine) decides how;
+    each piece it samples is seeded from (seed, the piece's label). `preview` gets the coarse result first.
+    `tile` and `overlap` override the strategy's tile grid; `tile_batch` tiles go through the network at once.
+    """
+    check_sampling(sampler, steps)
+    image = image.float().cpu()
+    task.condition_from_input(image, mask, np.random.default_rng(0))  # refuses a missing, misshapen or full mask
+    strategy = task.full_size
+    if tile is not None or overlap is not None:
+        grid = replace(strategy.grid, tile=strategy.grid.tile if tile is None else tile,
+                       overlap=strategy.grid.overlap if overlap is None else overlap)
+        strategy = replace(strategy, grid=grid)
+    pieces = TaskSampler(model, task, sampler, steps, seed, precision, tile_batch, progress)
+    restored = strategy.restore(pieces, image, mask, preview)
+    return paste_known(restored, image, mask) if task.has_known_region else restored
+
+
+SIDES = ("left", "right", "top", "bottom")
+
+
+def extend_image(model: Model, image: torch.Tensor, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+                 **options) -> torch.Tensor:
+    """Grow an image [3, H, W] by the given px on each side: uncropping, window by window (`restore_image` options)."""
+    for side, amount in zip(SIDES, (left, right, top, bottom)):
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise ValueError(f"--{side} must be a non-negative number of pixels, got {amount!r}")
+    if not left + right + top + bottom:
+        raise ValueError("nothing to extend: give --left, --right, --top or --bottom")
+    height, width = image.shape[1:]
+    canvas = torch.zeros(3, top + height + bottom, left + width + right)
+    canvas[:, top:top + height, left:left + width] = image
+    mask = torch.ones(1, *canvas.shape[1:])
+    mask[:, top:top + height, left:left + width] = 0
+    return restore_image(model, get_task("uncropping"), canvas, mask, **options)
+
+
+def extend_file(checkpoint: str | Path, input: str | Path, output: str | Path, left: int = 0, right: int = 0,
+                top: int = 0, bottom: int = 0, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                device: str | None = None, precision: Precision = "fp32", preview: str | Path | None = None,
+                progress: bool = True) -> Path:
+    """`palette extend`: read an image, grow it, write the result (and the coarse result to `preview` first)."""
+    check_sampling(sampler, steps)
+    image = load_image(input, "RGB")
+    model = load_model(checkpoint, device)
+    show = None if preview is None else lambda coarse: save_image(coarse, preview)
+    save_image(extend_image(model, image, left, right, top, bottom, sampler=sampler, steps=steps, seed=seed,
+                            precision=precision, preview=show, progress=progress), output)
+    return Path(output)
+
+
+def load_input(task: Task, image_path: Path, mask_path: Path | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A user's degraded image [3, H, W] and, for a task with a known region, its mask [1, H, W]."""
+    image = load_image(image_path, "RGB")
+    if not task.has_known_region:
+        return image, None
+    if mask_path is None:
+        raise ImageError(f"{image_path}: task {task.name} needs a mask PNG with the same stem (--mask)")
+    return image, load_mask(mask_path, *image.shape[1:])
 
 
 @dataclass
 class PreparedInput:
-    """One user input at the model's size, plus what is needed to go back to its own size."""
+    """One user input as the model's condition and mask, at the input's own size."""
 
     path: Path
     task: Task
-    condition: torch.Tensor  # [3, S, S]
-    mask: torch.Tensor       # [1, S, S], 1 = generate
-    original: torch.Tensor   # the input as given, [3, H, W]
-    original_mask: torch.Tensor | None
+    condition: torch.Tensor  # [3, H, W]
+    mask: torch.Tensor       # [1, H, W], 1 = generate
 
 
-def prepare_input(task_name: str, image_path: Path, mask_path: Path | None, size: int, seed: int) -> PreparedInput:
-    """A user's degraded image (and mask) -> model-size condition and mask."""
+def prepare_input(task_name: str, image_path: Path, mask_path: Path | None, size: int | None = None,
+                  seed: int = 0) -> PreparedInput:
+    """A user's image (and mask) -> condition and mask; `size`, if given, is the side a batch needs."""
     task = get_task(task_name)
-    original = load_image(image_path, "RGB")
-    height, width = original.shape[1:]
-    original_mask = None
-    if task.has_known_region:
-        if mask_path is None:
-            raise ImageError(f"{image_path}: task {task_name} needs a mask PNG with the same stem (--mask)")
-        original_mask = load_mask(mask_path, height, width)
-    image, mask = original, original_mask
-    if (height, width) != (size, size):
-        warnings.warn(f"{image_path}: {width}x{height} is resized to the model's {size}x{size} and back", stacklevel=2)
-        image = resize_image(original, size, size)
-        if mask is not None:
-            mask = (resize_image(mask * 2 - 1, size, size, Image.NEAREST) > 0).float()
-    # Each input's hole noise is its own, from (seed, file name).
+    image, mask = load_input(task, image_path, mask_path)
+    if size is not None and tuple(image.shape[1:]) != (size, size):
+        raise ImageError(f"{image_path}: {image.shape[2]}x{image.shape[1]}, expected {size}x{size}")
     degraded = task.condition_from_input(image, mask, np.random.default_rng(derive_seed(seed, image_path.name)))
-    return PreparedInput(image_path, task, degraded.condition, degraded.mask, original, original_mask)
-
-
-def to_original_size(output: torch.Tensor, prepared: PreparedInput) -> torch.Tensor:
-    """Resize an output back to the input's size; what the input fixes (known pixels, luma) comes from it untouched."""
-    height, width = prepared.original.shape[1:]
-    if output.shape[1:] != (height, width):
-        output = prepared.task.keep_input(resize_image(output, height, width), prepared.original).clamp(-1, 1)
-    if prepared.original_mask is not None:
-        output = prepared.original_mask * output + (1 - prepared.original_mask) * prepared.original
-    return output
+    return PreparedInput(image_path, task, degraded.condition, degraded.mask)
 
 
 def find_mask(mask_dir: Path | None, image_path: Path) -> Path | None:
@@ -190,11 +289,13 @@ def find_mask(mask_dir: Path | None, image_path: Path) -> Path | None:
 def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: str | Path,
                   mask: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
                   num_samples: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
-                  precision: Precision = "fp32", progress: bool = True) -> list[Path]:
-    """Restore every image in `input` (a file or folder) and write `output/<stem>.png` (or `<stem>_<k>.png`).
+                  precision: Precision = "fp32", progress: bool = True, preview: str | Path | None = None,
+                  tile: int | None = None, overlap: int | None = None) -> list[Path]:
+    """Restore every image in `input` (a file or folder) at its own size; write `output/<stem>.png` (or `<stem>_<k>.png`).
 
-    Sample k of an image is seeded from (seed, file name, k), so it does not depend on the batch size or on
-    the other files in the folder.
+    Sample k of an image is seeded from (seed, file name, k), so it does not depend on the other files in the
+    folder. `batch_size` tiles go through the network at once. With `preview` (a folder), each coarse result is
+    written there first under the output's name.
     """
     from tqdm import tqdm
 
@@ -213,18 +314,17 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     if not paths:
         raise ImageError(f"{input}: no input images")
     mask_dir = Path(mask) if mask is not None else None
-    jobs = []  # (prepared input, sample index)
-    for path in paths:
-        prepared = prepare_input(task, path, find_mask(mask_dir, path), model.image_size, seed)
-        jobs += [(prepared, k) for k in range(num_samples)]
+    inputs = [(path, find_mask(mask_dir, path)) for path in paths]  # a missing mask fails before any sampling
     written = []
-    for start in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
-        batch = jobs[start:start + batch_size]
-        seeds = [derive_seed(seed, p.path.name, str(k)) for p, k in batch]
-        images = restore(model, torch.stack([p.condition for p, _ in batch]), torch.stack([p.mask for p, _ in batch]),
-                         sampler=sampler, steps=steps, seed=seeds, task=task_to_run, precision=precision)
-        for (prepared, k), image in zip(batch, images.cpu()):
-            name = f"{prepared.path.stem}_{k}.png" if num_samples > 1 else f"{prepared.path.stem}.png"
-            save_image(to_original_size(image, prepared), output / name)
+    for path, mask_path in tqdm(inputs, desc="images", unit="image", disable=not progress):
+        image, image_mask = load_input(task_to_run, path, mask_path)
+        for k in range(num_samples):
+            name = f"{path.stem}_{k}.png" if num_samples > 1 else f"{path.stem}.png"
+            show = None if preview is None else lambda coarse, name=name: save_image(coarse, Path(preview) / name)
+            restored = restore_image(model, task_to_run, image, image_mask, sampler=sampler, steps=steps,
+                                     seed=derive_seed(seed, path.name, str(k)), precision=precision,
+                                     progress=progress, preview=show, tile=tile, overlap=overlap,
+                                     tile_batch=batch_size)
+            save_image(restored, output / name)
             written.append(output / name)
     return written

@@ -105,6 +105,13 @@ def make_scheduler(name: str, diffusion: DiffusionConfig, steps: int) -> Schedul
     return scheduler
 
 
+def sdedit_start_step(steps: int, strength: float) -> int:
+    """The step at which sampling starts to run round(strength * steps) steps, at least one (SDEdit's t0)."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    return steps - max(1, round(strength * steps))
+
+
 def draw_noise(shape: Sequence[int], generator: Generators, device: torch.device | str) -> torch.Tensor:
     """Standard normal noise of `shape`; with one generator per sample, sample i draws only from generator i."""
     if generator is None or isinstance(generator, torch.Generator):
@@ -125,16 +132,25 @@ def run_sampler(
     generator: Generators = None,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
+    start: torch.Tensor | None = None,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """Draw samples of `shape`, pasting `known` outside `mask` at every step.
 
-    The first sample is drawn at the first step's noise level: sqrt(1 - gamma) eps around a zero mean.
+    The first sample is drawn at the first step's noise level: sqrt(1 - gamma) eps around a zero mean, or with
+    `start`, around sqrt(gamma) start at step `start_step`, skipping the noisier steps (SDEdit, Meng et al. 2022).
     """
     levels = scheduler.alphas_cumprod.to(torch.float32)
-    first = levels[int(scheduler.timesteps[0])]
-    x = paste_known((1 - first).sqrt() * draw_noise(shape, generator, device), known, mask)
+    timesteps = scheduler.timesteps[start_step:]
+    if hasattr(scheduler, "set_begin_index"):  # diffusers' multistep solvers count steps from here
+        scheduler.set_begin_index(start_step)
+    first = levels[int(timesteps[0])]
+    x = (1 - first).sqrt() * draw_noise(shape, generator, device)
+    if start is not None:
+        x = x + first.sqrt() * start.to(x)
+    x = paste_known(x, known, mask)
     ancestral = isinstance(scheduler, AncestralScheduler)
-    for index, timestep in enumerate(scheduler.timesteps):
+    for index, timestep in enumerate(timesteps):
         noise_level = levels[int(timestep)].to(device).expand(shape[0])
         predicted_clean = denoise(x, noise_level)
         options = {"variance_noise": draw_noise(shape, generator, device)} if ancestral else {}

@@ -19,10 +19,10 @@ from typing import ClassVar, Literal, TypeVar
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.functional import gaussian_blur
 
 from .imageio import pil_to_tensor, tensor_to_pil
 from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
+from .tiling import FillWindows, FullSize, LowResolution, TileGrid, Tiled
 
 # ITU-R BT.601 luma weights for R, G, B.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -85,6 +85,8 @@ class Task(ABC):
     has_known_region: ClassVar[bool]
     # The option that picks the mask (`palette degrade --mask-kind`), or None if the task has no mask.
     mask_option: ClassVar[str | None] = None
+    # How a photo of any size is restored (tiling.py): tiles on its own grid, a small view, or windows.
+    full_size: ClassVar[FullSize]
 
     @abstractmethod
     def degrade(self, image: torch.Tensor, rng: np.random.Generator) -> Degraded:
@@ -182,6 +184,9 @@ class Colorization(Task):
 
     name: ClassVar[str] = "colorization"
     has_known_region: ClassVar[bool] = False
+    # Chroma is smooth: sampled on a view at the training scale (64 px crops of images 64-183 px on the short
+    # side), upsampled onto the full-resolution luma. 128 px measured best of 64/96/128/192 (BENCHMARKS.md).
+    full_size: ClassVar[FullSize] = LowResolution(short_side=128)
 
     def degrade(self, image: torch.Tensor, rng: np.random.Generator) -> Degraded:
         _check_image(image, (3,))
@@ -253,6 +258,8 @@ class Inpainting(_KnownRegionTask):
 
     name: ClassVar[str] = "inpainting"
     mask_option: ClassVar[str | None] = "mask_kind"
+    # A window per hole, sampled where the hole reaches 20 px (the 32 px centre box of a 64 px crop reaches 16).
+    full_size: ClassVar[FullSize] = FillWindows("holes", reach=20)
     mask_kind: MaskKind = "train"
 
     def __post_init__(self) -> None:
@@ -269,6 +276,8 @@ class Uncropping(_KnownRegionTask):
 
     name: ClassVar[str] = "uncropping"
     mask_option: ClassVar[str | None] = "side"
+    # Windows marching outward, each half known as in training, where the unknown half reaches 32 px.
+    full_size: ClassVar[FullSize] = FillWindows("outward", reach=32)
     side: UncropSide | None = None
 
     def __post_init__(self) -> None:
@@ -309,7 +318,28 @@ JPEG_LOW_PASS_SIGMA = 6.0  # pixels: removes the 8- and 16-pixel block grids of 
 def low_pass(image: torch.Tensor, sigma: float = JPEG_LOW_PASS_SIGMA) -> torch.Tensor:
     """Gaussian blur of images [..., C, H, W] with reflected borders (so a constant image stays constant)."""
     radius = min(math.ceil(3 * sigma), (min(image.shape[-2:]) - 1) // 2)
-    return gaussian_blur(image, [2 * radius + 1] * 2, [sigma] * 2)
+    if radius < 1:
+        return image
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).tolist()
+    planes = image.reshape(-1, *image.shape[-2:])
+    return _blur_along(_blur_along(planes, kernel, -1), kernel, -2).reshape(image.shape)
+
+
+def _blur_along(planes: torch.Tensor, kernel: list[float], dim: int) -> torch.Tensor:
+    """A 1-D convolution along `dim` (-1 or -2) of [P, H, W], reflected at the ends, as a sum of shifted copies.
+
+    Separable passes cost 2(2r + 1) per pixel instead of (2r + 1)^2, and shifted sums need no workspace beyond
+    one padded copy: a 12-megapixel photo stays within a few copies of itself.
+    """
+    radius = len(kernel) // 2
+    padded = torch.nn.functional.pad(planes, (radius, radius) if dim == -1 else (0, 0, radius, radius), mode="reflect")
+    length = planes.shape[dim]
+    blurred = padded.narrow(dim, 0, length) * kernel[0]
+    for shift in range(1, len(kernel)):
+        blurred.add_(padded.narrow(dim, shift, length), alpha=kernel[shift])
+    return blurred
 
 
 @register_task
@@ -319,6 +349,9 @@ class JpegRestoration(Task):
 
     name: ClassVar[str] = "jpeg"
     has_known_region: ClassVar[bool] = False
+    # Never resized: artefacts live on the 8 px block grid (16 px for 4:2:0 chroma), which tile origins keep.
+    # 64 px tiles (the training size) measured best against 128 and 256 (BENCHMARKS.md).
+    full_size: ClassVar[FullSize] = Tiled(TileGrid(tile=64, overlap=16, align=16))
     quality: int | None = None
 
     def __post_init__(self) -> None:
