@@ -19,22 +19,24 @@ from conftest import tiny_values
 class Oracle(torch.nn.Module):
     """Predicts the exact eps or v that lead from x_t to a fixed clean image (or to condition + offset)."""
 
-    def __init__(self, clean: torch.Tensor, objective: str, add_to_condition: bool = False):
+    def __init__(self, clean: torch.Tensor, objective: str, add_to_condition: bool = False, scale: float = 1.0):
         super().__init__()
-        self.clean, self.objective, self.add_to_condition = clean, objective, add_to_condition
+        self.clean, self.objective, self.add_to_condition, self.scale = clean, objective, add_to_condition, scale
 
     def forward(self, noisy, noise_level, condition):
-        target = self.clean - condition if self.add_to_condition else self.clean.expand_as(noisy)
+        target = (self.clean - condition) * self.scale if self.add_to_condition else self.clean.expand_as(noisy)
         gamma = noise_level.view(-1, 1, 1, 1)
         eps = (noisy - gamma.sqrt() * target) / (1 - gamma).sqrt()
         return eps if self.objective == "eps" else v_target(target, noise_level, eps)
 
 
-def _model(objective: str, clean: torch.Tensor, residual: bool = False) -> Model:
+def _model(objective: str, clean: torch.Tensor, residual: bool = False, scale: float | None = None) -> Model:
     values = tiny_values(Path("unused"))
     values["diffusion"] = {"objective": objective, "residual": residual}
+    if scale is not None:
+        values["diffusion"]["residual_scale"] = {"colorization": scale}
     config = config_from_dict(values)
-    return Model(Oracle(clean, objective, add_to_condition=residual), config, torch.device("cpu"))
+    return Model(Oracle(clean, objective, add_to_condition=residual, scale=scale or 1.0), config, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("objective", ["eps", "v"])
@@ -47,13 +49,17 @@ def test_eps_and_v_outputs_become_the_clean_image(objective, sampler):
     assert torch.allclose(output, clean.expand(2, -1, -1, -1), atol=2e-3)
 
 
-def test_a_residual_model_adds_its_output_to_the_estimate_and_keeps_the_luma():
+@pytest.mark.parametrize("scale", [None, 4.0])
+def test_a_residual_model_adds_its_output_to_the_estimate_and_keeps_the_luma(scale):
     clean = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
-    model = _model("v", clean, residual=True)
+    model = _model("v", clean, residual=True, scale=scale)
     task = get_task("colorization")
     condition = task.degrade(clean[0], None).condition[None]
     output = restore(model, condition, torch.ones(1, 1, 8, 8), sampler="dpmpp", steps=8, task=task)
     assert torch.allclose(output, clean, atol=2e-3)
+    if scale is not None:  # the network's residual is in scaled units: sampling must know the task
+        with pytest.raises(ValueError, match="pass the task"):
+            restore(model, condition, torch.ones(1, 1, 8, 8), sampler="dpmpp", steps=8)
 
 
 def test_seeds_are_per_image_and_name():

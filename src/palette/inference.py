@@ -61,10 +61,12 @@ Precision = Literal["fp32", "bf16"]
 
 
 def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor, offset: torch.Tensor,
-                  finish: Callable[[torch.Tensor], torch.Tensor], precision: Precision = "fp32") -> Denoiser:
-    """Turn the network's eps or v output into an x0 prediction whose image, offset + x0, is finished.
+                  finish: Callable[[torch.Tensor], torch.Tensor], precision: Precision = "fp32",
+                  scale: float = 1.0) -> Denoiser:
+    """Turn the network's eps or v output into an x0 prediction whose image, offset + x0 / scale, is finished.
 
-    `offset` is the source estimate of a residual model, else zeros; `finish` makes an image agree with
+    `offset` is the source estimate of a residual model, else zeros, and `scale` the task's residual scale
+    (DiffusionConfig.residual_scale); `finish` makes an image agree with
     the input and clips it to [-1, 1], as SR3 and Palette clip the estimate. Sampling runs in float32 unless
     asked: with eps-prediction a bf16 error is amplified by up to 1/sqrt(gamma) in x0.
     """
@@ -74,9 +76,17 @@ def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor,
         with autocast(precision, condition.device):
             output = net(noisy, noise_level, condition).float()
         clean = x0_from_eps(noisy, noise_level, output) if objective == "eps" else x0_from_v(noisy, noise_level, output)
-        return finish(offset + clean) - offset
+        return (finish(offset + clean / scale) - offset) * scale
 
     return denoise
+
+
+def residual_scale(config: Config, task: Task | None) -> float:
+    """The factor a model's residual target was scaled by for `task` in training (1 for other models)."""
+    scales = config.diffusion.residual_scale
+    if scales and task is None:
+        raise ValueError("this model scales its residual per task (diffusion.residual_scale): pass the task")
+    return scales.get(task.name, 1.0) if task is not None and config.diffusion.residual else 1.0
 
 
 def generators_for(seeds: int | Sequence[int], count: int, device: torch.device) -> list[torch.Generator]:
@@ -125,21 +135,23 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     else:
         offset = source_estimate(condition, mask) if residual_model else torch.zeros_like(condition)
     network_condition = offset if residual_model else condition
+    scale = residual_scale(config, task)
     has_known = bool(mask.amin() < 1)
     if config.diffusion.objective == "regression":
         residual = regression_output(model.net, network_condition)
     else:
         scheduler = make_scheduler(sampler, config.diffusion, steps)
-        denoise = make_denoiser(model.net, config, network_condition, offset, finish, precision)
+        denoise = make_denoiser(model.net, config, network_condition, offset, finish, precision, scale)
         as_images = None if callback is None else \
-            lambda index, x, predicted: callback(index, offset + x, offset + predicted)
-        residual = run_sampler(denoise, scheduler, condition.shape, known=condition - offset if has_known else None,
+            lambda index, x, predicted: callback(index, offset + x / scale, offset + predicted / scale)
+        residual = run_sampler(denoise, scheduler, condition.shape,
+                               known=(condition - offset) * scale if has_known else None,
                                mask=mask if has_known else None,
                                generator=generators_for(seed, condition.shape[0], model.device),
                                device=model.device, callback=as_images,
-                               start=None if init is None else init.to(model.device) - offset,
+                               start=None if init is None else (init.to(model.device) - offset) * scale,
                                start_step=sdedit_start_step(steps, strength))
-    return paste_known(finish(offset + residual), condition if has_known else None, mask)
+    return paste_known(finish(offset + residual / scale), condition if has_known else None, mask)
 
 
 def size_multiple(config: Config) -> int:
