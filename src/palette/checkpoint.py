@@ -4,6 +4,10 @@ A run directory holds `checkpoints/step_XXXXXXXX/` folders and a `checkpoints/la
 `ema.safetensors` (enough on its own to sample), `model.safetensors`, `training_state.safetensors` (optimizer
 moments) and `training_state.json` (step and optimizer hyper-parameters). Random streams need no state:
 training derives every seed from (seed, rank, step), so the step restores them.
+
+Crash safety: a process killed at any moment (SIGKILL included) leaves `latest` naming a complete folder, and every
+`step_*` folder complete. Folders are built under a dot-name and renamed into place, and are renamed back to a
+dot-name before they are deleted; the dot-names a kill leaves behind are removed by the next write or resume.
 """
 
 from __future__ import annotations
@@ -82,17 +86,34 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from error
 
 
+def _stored_config(path: Path, metadata: dict[str, str]) -> Config:
+    if CONFIG_KEY not in metadata:
+        raise CheckpointError(f"{path}: no palette config in its metadata; was it written by palette?")
+    try:
+        return config_from_dict(json.loads(metadata[CONFIG_KEY]))
+    except (ConfigError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: stored config is invalid: {error}") from error
+
+
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     """Read weights (as float32) and the config stored beside them."""
     path = Path(path)
     tensors, metadata = _read_safetensors(path)
-    if CONFIG_KEY not in metadata:
-        raise CheckpointError(f"{path}: no palette config in its metadata; was it written by palette?")
-    try:
-        config = config_from_dict(json.loads(metadata[CONFIG_KEY]))
-    except (ConfigError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: stored config is invalid: {error}") from error
+    config = _stored_config(path, metadata)
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config
+
+
+def load_config_only(path: str | Path) -> Config:
+    """The config stored in a weights file (or a checkpoint folder's EMA weights), without reading any tensor."""
+    path = Path(path)
+    path = path / "ema.safetensors" if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return _stored_config(path, handle.metadata() or {})
+    except SafetensorError as error:
+        raise _not_safetensors(path, error) from error
 
 
 def load_state(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -190,16 +211,20 @@ def write_checkpoint(run_dir: str | Path, step: int, config: Config, model: dict
         raise ValueError(f"keep: must be >= 1 (the checkpoint just written), got {keep}")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(run_dir)
     final = root / f"step_{step:08d}"
-    temp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:08d}."))
+    temp = _scratch_folder(root, final.name)
     try:
         save_weights(temp / "model.safetensors", model, config)
         save_weights(temp / "ema.safetensors", ema, config)
         tensors, plain = _flatten_optimizer(optimizer)
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp / "training_state.safetensors")
         (temp / "training_state.json").write_text(json.dumps({"step": step, "optimizer": plain}))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o777 & ~umask)  # mkdtemp makes it 0700; a checkpoint is as readable as any folder
         if final.exists():
-            shutil.rmtree(final)
+            _delete(final)
         os.replace(temp, final)
     finally:
         if temp.exists():
@@ -207,8 +232,34 @@ def write_checkpoint(run_dir: str | Path, step: int, config: Config, model: dict
     write_text_atomic(root / "latest", final.name)
     older = sorted((folder for folder in root.glob("step_*") if _step_of(folder) < step), key=_step_of)
     for old in older[:max(0, len(older) - (keep - 1))]:
-        shutil.rmtree(old)
+        _delete(old)
     return final
+
+
+PARTIAL_PREFIXES = (".step_", ".latest.")  # what a killed write_checkpoint can leave: folders, the pointer's temp
+
+
+def _scratch_folder(root: Path, name: str) -> Path:
+    return Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+
+
+def _delete(folder: Path) -> None:
+    """Rename `folder` to a dot-name first, so that a kill halfway through deleting leaves no torn `step_*`."""
+    doomed = _scratch_folder(folder.parent, folder.name)
+    os.replace(folder, doomed)  # onto the empty folder mkdtemp made: atomic
+    shutil.rmtree(doomed)
+
+
+def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Delete what a killed checkpoint write or prune left in `run_dir/checkpoints`; returns what it deleted."""
+    root = Path(run_dir) / "checkpoints"
+    partial = sorted(p for p in root.glob(".*") if p.name.startswith(PARTIAL_PREFIXES)) if root.is_dir() else []
+    for path in partial:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return partial
 
 
 def _step_of(folder: Path) -> int:

@@ -32,13 +32,10 @@ def _train(args: argparse.Namespace) -> None:
         if args.config or args.overwrite:
             raise SystemExit("palette train: --resume RUN_DIR continues that run; it takes neither --config "
                              "nor --overwrite")
-        from .checkpoint import latest_checkpoint, read_checkpoint
         from .config import apply_overrides, config_from_dict, config_to_dict
+        from .training import resume_config
 
-        folder = latest_checkpoint(args.resume)
-        if folder is None:
-            raise SystemExit(f"palette train: {args.resume}: no checkpoint to resume from")
-        config = config_from_dict(apply_overrides(config_to_dict(read_checkpoint(folder)["config"]), args.set))
+        config = config_from_dict(apply_overrides(config_to_dict(resume_config(args.resume)), args.set))
         train(config, args.resume, resume=True)
         return
     if not args.config:
@@ -118,6 +115,12 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _data(args: argparse.Namespace) -> None:
+    if args.dataset == "shard":
+        from .shards import write_shards
+
+        shards = write_shards(args.input, args.output, shard_size=args.shard_size, seed=args.seed)
+        print(f"wrote {len(shards)} shard(s) to {args.output}")
+        return
     import logging
 
     from .wallpapers import build_wallpapers
@@ -246,13 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fp32", action="store_true", help="keep float32 storage (default: float16)")
     export.set_defaults(handler=_export)
 
-    data = commands.add_parser("data", help="build a benchmark dataset")
-    data.add_argument("name", choices=["wallpapers"])
-    data.add_argument("--out", required=True)
-    data.add_argument("--short-side", type=int, default=768)
-    data.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
-    data.add_argument("--val-fraction", type=float, default=0.2)
-    data.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
+    data = commands.add_parser("data", help="build a benchmark dataset, or write images as WebDataset shards")
+    datasets = data.add_subparsers(dest="dataset", required=True, metavar="KIND")
+    wallpapers = datasets.add_parser("wallpapers", help="the wallpaper benchmark set (Debian's wallpaper packages)")
+    wallpapers.add_argument("--out", required=True)
+    wallpapers.add_argument("--short-side", type=int, default=768)
+    wallpapers.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    wallpapers.add_argument("--val-fraction", type=float, default=0.2)
+    wallpapers.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
+    shard = datasets.add_parser("shard", help="write a folder of images as WebDataset .tar shards for training")
+    shard.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    shard.add_argument("--output", required=True, help="an empty folder; gets shard-000000.tar, ...")
+    shard.add_argument("--shard-size", type=int, default=1000, help="images per shard (default: 1000)")
+    shard.add_argument("--seed", type=int, default=0, help="seed of the shuffle applied while writing")
     data.set_defaults(handler=_data)
 
     bench = commands.add_parser("bench", help="speed benchmarks (or --quality: PSNR/SWD per sampler and steps)")

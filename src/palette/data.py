@@ -1,7 +1,10 @@
-"""Image folders and file lists -> clean crops -> (condition, mask, target) through the configured tasks.
+"""Image folders, file lists and shards -> clean crops -> (condition, mask, target) through the configured tasks.
+
+    loader, summary = training_loader(config.data, seed=0, start_step=0, batch_size=16)
 
 Sample number n of a run is a pure function of (seed, n): the image, crop, flip, task and degradation all
 come from `np.random.default_rng([seed, n])`, so a resumed run sees exactly the batches it would have seen.
+WebDataset shards stream instead (shards.py), deterministically per (seed, step, world size, workers).
 """
 
 from __future__ import annotations
@@ -9,15 +12,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
 from .imageio import ImageError, frame_count, list_images, open_image, pil_to_tensor
+from .shards import ShardStream, first_images, is_shard_source, resolve_shards
 from .tasks import get_task
 
 
@@ -79,6 +84,29 @@ def centre_crop(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), Image.BICUBIC, box=(left, top, left + short, top + short), reducing_gap=3.0)
 
 
+def task_names(config: DataConfig) -> list[str]:
+    """The configured tasks in sorted order; a batch's `task` entry is an index into this list."""
+    return sorted(config.tasks)
+
+
+class Examples:
+    """Clean image + rng -> one training example: a random crop, degraded by a task drawn from the mixture."""
+
+    def __init__(self, config: DataConfig):
+        self.config = config
+        self.task_names = task_names(config)
+        weights = np.array([config.tasks[name] for name in self.task_names], dtype=np.float64)
+        self.task_probabilities = weights / weights.sum()
+        self.tasks = [get_task(name) for name in self.task_names]
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        clean = pil_to_tensor(random_crop(image, self.config.image_size, self.config.crop_scale, self.config.flip, rng))
+        task_index = int(rng.choice(len(self.tasks), p=self.task_probabilities))
+        degraded = self.tasks[task_index].degrade(clean, rng)
+        return {"target": clean, "condition": degraded.condition, "mask": degraded.mask,
+                "task": torch.tensor(task_index)}
+
+
 class PaletteDataset(Dataset):
     """Item n: a random crop of a random image, degraded by a task drawn from the configured mixture."""
 
@@ -86,10 +114,8 @@ class PaletteDataset(Dataset):
         self.config = config
         self.seed = seed
         self.paths = usable_images(resolve_sources(config.source), config.source)
-        self.task_names = sorted(config.tasks)
-        weights = np.array([config.tasks[name] for name in self.task_names], dtype=np.float64)
-        self.task_probabilities = weights / weights.sum()
-        self.tasks = [get_task(name) for name in self.task_names]
+        self.examples = Examples(config)
+        self.task_names, self.tasks = self.examples.task_names, self.examples.tasks
         self._cache: dict[int, Image.Image] = {}
         self._failed: set[int] = set()  # files that stopped decoding after usable_images checked them
 
@@ -129,12 +155,7 @@ class PaletteDataset(Dataset):
 
     def __getitem__(self, sample_number: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, sample_number])
-        image = self.draw_image(rng)
-        clean = pil_to_tensor(random_crop(image, self.config.image_size, self.config.crop_scale, self.config.flip, rng))
-        task_index = int(rng.choice(len(self.tasks), p=self.task_probabilities))
-        degraded = self.tasks[task_index].degrade(clean, rng)
-        return {"target": clean, "condition": degraded.condition, "mask": degraded.mask,
-                "task": torch.tensor(task_index)}
+        return self.examples(self.draw_image(rng), rng)
 
 
 class SampleNumbers(Sampler[int]):
@@ -149,3 +170,28 @@ class SampleNumbers(Sampler[int]):
             first = (step * self.world_size + self.rank) * self.batch_size
             yield from range(first, first + self.batch_size)
             step += 1
+
+
+def training_loader(config: DataConfig, seed: int, start_step: int, batch_size: int, rank: int = 0,
+                    world_size: int = 1, pin_memory: bool = False) -> tuple[DataLoader, str]:
+    """Endless batches of one rank from optimizer step `start_step` on, and what they are drawn from, in words."""
+    if is_shard_source(config.source):
+        dataset = ShardStream(config, seed, start_step, batch_size, rank, world_size)
+        sampler, summary = None, f"{len(dataset.shards)} shards ({len(dataset.rank_shards)} read by rank {rank})"
+    else:
+        dataset = PaletteDataset(config, seed)
+        sampler, summary = SampleNumbers(start_step, batch_size, rank, world_size), f"{len(dataset)} images"
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=config.num_workers,
+                        pin_memory=pin_memory, persistent_workers=config.num_workers > 0)
+    return loader, summary
+
+
+def preview_examples(config: DataConfig, seed: int, count: int) -> list[dict[str, torch.Tensor]]:
+    """The fixed examples of the preview grids, from `preview_source` (else the training source)."""
+    source = config.preview_source or config.source
+    if is_shard_source(source):
+        examples = Examples(config)
+        return [examples(image, np.random.default_rng([seed, number]))
+                for number, image in enumerate(first_images(resolve_shards(source), count))]
+    dataset = PaletteDataset(replace(config, source=source), seed)
+    return [dataset[number] for number in range(count)]

@@ -3,9 +3,10 @@
     config = load_config("configs/tiny.yaml")
     train(config, "runs/tiny")                   # or train(None, "runs/tiny", resume=True)
 
-Runs on CPU or one GPU as is, and on several under `torchrun` (DDP; NCCL on CUDA, gloo on CPU).
-Every random stream is seeded from (seed, rank, step), so a resumed run repeats the uninterrupted one exactly.
-A fresh run never writes into a directory that holds another run (see `prepare_run_dir`).
+Runs on CPU or one GPU as is, and on several, on one machine or many, under `torchrun` (DDP; NCCL on CUDA, gloo
+on CPU). Every random stream is seeded from (seed, rank, step), so a resumed run repeats the uninterrupted one
+exactly. A fresh run never writes into a directory that holds another run (see `prepare_run_dir`). A run killed at
+any moment resumes (`train(None, run_dir, resume=True)`) from its last checkpoint, or from step 0 if it had none.
 """
 
 from __future__ import annotations
@@ -16,24 +17,25 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
-from .checkpoint import (latest_checkpoint, load_state, load_weights, read_checkpoint, resolve_weights,
-                         write_checkpoint, write_text_atomic)
-from .config import Config, save_config
-from .data import PaletteDataset, SampleNumbers
+from .checkpoint import (CheckpointError, latest_checkpoint, load_config_only, load_state, load_weights,
+                         read_checkpoint, remove_partial_checkpoints, resolve_weights, write_checkpoint,
+                         write_text_atomic)
+from .config import Config, load_config, save_config
+from .data import preview_examples, task_names, training_loader
 from .diffusion import masked_loss, paste_known, q_sample, sample_noise_level, training_noise_levels, v_target
+from .files import write_atomic
 from .imageio import save_image
 from .inference import Model, restore
 from .network import PaletteNet, autocast, count_parameters, regression_output
-from .tasks import source_estimate
+from .tasks import get_task, source_estimate
 
 
 def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config: Config, levels: torch.Tensor,
@@ -60,7 +62,7 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
 def task_scales(config: Config, device: torch.device) -> torch.Tensor:
     """Residual scale per task index of a batch (tasks in sorted order, as the dataset numbers them)."""
     scales = config.diffusion.residual_scale
-    return torch.tensor([scales.get(name, 1.0) for name in sorted(config.data.tasks)], device=device)
+    return torch.tensor([scales.get(name, 1.0) for name in task_names(config.data)], device=device)
 
 
 def ema_decay(base: float, step: int) -> float:
@@ -169,11 +171,60 @@ def _truncate_log(path: Path, step: int) -> None:
         write_text_atomic(path, "".join(kept))
 
 
-def _preview(model: Model, dataset: PaletteDataset, count: int, path: Path) -> None:
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Delete the temporary files and folders a killed run leaves behind (dot-names); returns what went."""
+    left = [*run_dir.glob(".*.tmp"), *(run_dir / "samples").glob(".*.tmp")]
+    for path in left:
+        path.unlink()
+    return left + remove_partial_checkpoints(run_dir)
+
+
+def resume_config(run_dir: str | Path) -> Config:
+    """The config a resumed run goes on with: its latest checkpoint's, or, killed before its first, config.yaml."""
+    run_dir = Path(run_dir)
+    folder = latest_checkpoint(run_dir)
+    if folder is not None:
+        return load_config_only(folder)
+    pointer = run_dir / "checkpoints" / "latest"
+    if pointer.is_file():
+        raise CheckpointError(f"{pointer}: names {pointer.read_text().strip()!r}, which is not in {pointer.parent}")
+    if (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml")
+    raise FileNotFoundError(f"{run_dir}: nothing to resume, neither checkpoints/latest nor config.yaml")
+
+
+class TrainingOutOfMemory(ValueError):
+    """Training ran out of device memory; the message names the settings that lower the need."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or \
+        (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+@contextmanager
+def _memory_advice(config: Config, step: int, device: torch.device) -> Iterator[None]:
+    """Turn an out-of-memory error into one line saying what uses the memory and which settings lower it."""
+    try:
+        yield
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        batch_size, network = config.train.batch_size, config.network
+        lower = ["train.batch_size", "data.image_size"] + \
+            ([] if network.gradient_checkpointing else ["set network.gradient_checkpointing=true"])
+        raise TrainingOutOfMemory(
+            f"out of memory on {device} at step {step + 1} with train.batch_size={batch_size} per process, "
+            f"data.image_size={config.data.image_size}, network.preset={network.preset}, "
+            f"network.gradient_checkpointing={str(network.gradient_checkpointing).lower()}: lower "
+            f"{', '.join(lower[:-1])} or {lower[-1]} (e.g. --set train.batch_size={max(1, batch_size // 2)})"
+        ) from error
+
+
+def _preview(model: Model, items: list[dict[str, torch.Tensor]], names: list[str], path: Path) -> None:
     """A grid with one row per example: condition | sample | target."""
-    items = [dataset[i] for i in range(count)]
     condition = [i["condition"] for i in items]
-    output = [restore(model, c[None], i["mask"][None], seed=0, task=dataset.tasks[int(i["task"])])[0].cpu()
+    output = [restore(model, c[None], i["mask"][None], seed=0, task=get_task(names[int(i["task"])]))[0].cpu()
               for c, i in zip(condition, items)]
     rows = [torch.cat([c, o, i["target"]], dim=2) for c, o, i in zip(condition, output, items)]
     save_image(torch.cat(rows, dim=1), path)
@@ -191,7 +242,8 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
     """Train a fresh run in `run_dir`, or resume the one there.
 
     A fresh run into a directory that holds a run raises RunDirectoryError, unless `overwrite` moves the old run
-    aside (see `prepare_run_dir`). A resumed run drops log lines past its checkpoint before it goes on.
+    aside (see `prepare_run_dir`). A resumed run drops log lines past its checkpoint and what a kill left half
+    written before it goes on. Out of device memory raises TrainingOutOfMemory, naming what to lower.
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -201,17 +253,16 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
     run_dir = Path(run_dir)
     state = None
     if resume:
+        config = config or resume_config(run_dir)
         folder = latest_checkpoint(run_dir)
-        if folder is None:
-            raise FileNotFoundError(f"{run_dir}: nothing to resume, no checkpoints/latest")
-        state = read_checkpoint(folder)
-        config = config or state["config"]
+        state = read_checkpoint(folder) if folder is not None else None
     assert config is not None, "train() needs a config unless it resumes"
     settings = config.train
     with _distributed() as (rank, world, device):
         if rank == 0:
-            if state is not None:
-                _truncate_log(run_dir / "log.jsonl", state["step"])
+            if resume:
+                remove_leftovers(run_dir)
+                _truncate_log(run_dir / "log.jsonl", state["step"] if state is not None else 0)
             elif (moved := prepare_run_dir(run_dir, overwrite)) is not None:
                 print(f"palette: moved the previous run in {run_dir} to {moved}")
         torch.manual_seed(settings.seed)  # the same initial weights on every rank
@@ -236,62 +287,62 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
             if world > 1 else net
         forward = torch.compile(model) if settings.compile else model
 
-        dataset = PaletteDataset(config.data, settings.seed)
-        preview = PaletteDataset(replace(config.data, source=config.data.preview_source or config.data.source),
-                                 seed=settings.seed + 1) if rank == 0 else None
-        loader = DataLoader(dataset, batch_size=settings.batch_size,
-                            sampler=SampleNumbers(start, settings.batch_size, rank, world),
-                            num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
-                            persistent_workers=config.data.num_workers > 0)
+        loader, source = training_loader(config.data, settings.seed, start, settings.batch_size, rank, world,
+                                         pin_memory=device.type == "cuda")
+        preview = preview_examples(config.data, settings.seed + 1, 4) if rank == 0 else []
+        names = task_names(config.data)
         levels = training_noise_levels(config.diffusion).to(device)
         generator = torch.Generator(device)
 
         writer = None
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
+            write_atomic(run_dir / "config.yaml", lambda temporary: save_config(config, temporary))
             writer = SummaryWriter(str(run_dir / "logs"))
-            print(f"palette: {count_parameters(net) / 1e6:.2f}M parameters, {len(dataset)} images, "
-                  f"tasks {dataset.task_names}, device {device}, world size {world}, run {run_dir}")
+            print(f"palette: {count_parameters(net) / 1e6:.2f}M parameters, {source}, "
+                  f"tasks {names}, device {device}, world size {world}, run {run_dir}")
         folder = latest_checkpoint(run_dir) if rank == 0 else None
         bar = tqdm(total=settings.steps, initial=start, disable=not progress or rank != 0, desc="training")
         batches = iter(loader)
         clock, seen = time.perf_counter(), 0
-        for step in range(start, settings.steps):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            dropout_seed, noise_seed = step_seeds(settings.seed, rank, step)
-            torch.manual_seed(dropout_seed)
-            generator.manual_seed(noise_seed)  # noise levels and noise
-            losses, grad_norm = optimization_step(forward, net, ema, optimizer, batch, config, levels, generator,
-                                                  step)
-            loss = losses.mean()
-            done = step + 1
-            seen += settings.batch_size * world
-            bar.update(1)
-            if writer is not None and (done % settings.log_every == 0 or done == settings.steps):
-                elapsed = time.perf_counter() - clock
-                with open(run_dir / "log.jsonl", "a") as log:
-                    log.write(json.dumps({"step": done, "loss": loss.item(), "images_per_second": seen / elapsed})
-                              + "\n")
-                writer.add_scalar("loss/train", loss.item(), done)
-                for index, name in enumerate(dataset.task_names):
-                    chosen = batch["task"] == index
-                    if chosen.any():
-                        writer.add_scalar(f"loss/{name}", losses[chosen].mean().item(), done)
-                writer.add_scalar("lr", optimizer.param_groups[0]["lr"], done)
-                writer.add_scalar("grad_norm", grad_norm.item(), done)
-                writer.add_scalar("images_per_second", seen / elapsed, done)
-                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / elapsed:.1f}")
-                clock, seen = time.perf_counter(), 0
-            if done % settings.checkpoint_every == 0 or done == settings.steps:
-                if rank == 0:
-                    folder = write_checkpoint(run_dir, done, config, net.state_dict(), ema.state_dict(),
-                                              optimizer.state_dict(), keep=settings.keep_checkpoints)
-                if world > 1:
-                    dist.barrier()
-            if rank == 0 and (done % settings.sample_every == 0 or done == settings.steps):
-                _preview(Model(ema, config, device), preview, 4, run_dir / "samples" / f"step_{done:08d}.png")
-        bar.close()
-        if writer is not None:
-            writer.close()
+        try:
+            for step in range(start, settings.steps):
+                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                dropout_seed, noise_seed = step_seeds(settings.seed, rank, step)
+                torch.manual_seed(dropout_seed)
+                generator.manual_seed(noise_seed)  # noise levels and noise
+                with _memory_advice(config, step, device):
+                    losses, grad_norm = optimization_step(forward, net, ema, optimizer, batch, config, levels,
+                                                          generator, step)
+                loss = losses.mean()
+                done = step + 1
+                seen += settings.batch_size * world
+                bar.update(1)
+                if writer is not None and (done % settings.log_every == 0 or done == settings.steps):
+                    elapsed = time.perf_counter() - clock
+                    with open(run_dir / "log.jsonl", "a") as log:
+                        log.write(json.dumps({"step": done, "loss": loss.item(), "images_per_second": seen / elapsed})
+                                  + "\n")
+                    writer.add_scalar("loss/train", loss.item(), done)
+                    for index, name in enumerate(names):
+                        chosen = batch["task"] == index
+                        if chosen.any():
+                            writer.add_scalar(f"loss/{name}", losses[chosen].mean().item(), done)
+                    writer.add_scalar("lr", optimizer.param_groups[0]["lr"], done)
+                    writer.add_scalar("grad_norm", grad_norm.item(), done)
+                    writer.add_scalar("images_per_second", seen / elapsed, done)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / elapsed:.1f}")
+                    clock, seen = time.perf_counter(), 0
+                if done % settings.checkpoint_every == 0 or done == settings.steps:
+                    if rank == 0:
+                        folder = write_checkpoint(run_dir, done, config, net.state_dict(), ema.state_dict(),
+                                                  optimizer.state_dict(), keep=settings.keep_checkpoints)
+                    if world > 1:
+                        dist.barrier()
+                if rank == 0 and (done % settings.sample_every == 0 or done == settings.steps):
+                    _preview(Model(ema, config, device), preview, names, run_dir / "samples" / f"step_{done:08d}.png")
+        finally:  # also on an error, so that its message starts a line of its own
+            bar.close()
+            if writer is not None:
+                writer.close()
     return TrainResult(folder, net, ema)
