@@ -65,6 +65,8 @@ def test_a_pointwise_network_gives_the_same_output_tiled_at_odd_sizes():
     levels = torch.tensor([0.3, 0.9])
     tiled = TiledNetwork(net, TileGrid(32, 8, align=8), multiple=4, batch_size=3)
     assert len(tiled.layout(2, 67, 45)[2]) == 2 * 3 * 2  # padded to 72 x 48: 3 rows, 2 columns of tiles
+    # Tiles shrink to the shortest side that needs no more of them: 160 px takes two 96 px tiles, not 128.
+    assert TiledNetwork(net, TileGrid(128, 32), multiple=8).layout(1, 160, 300)[:2] == ((160, 304), (96, 128))
     assert torch.allclose(tiled(noisy, levels, condition), net(noisy, levels, condition), atol=1e-6)
     # Tiles with no active pixel are skipped; what the run tiles cover is still exact.
     active = torch.zeros(1, 1, 67, 45, dtype=torch.bool)
@@ -244,3 +246,16 @@ def test_many_specks_merge_into_one_window_quickly():
     unknown = torch.zeros(1200, 1600, dtype=torch.bool)
     unknown[100:1100:25, 100:1500:25] = True  # 40 x 56 dust specks, each within reach of its neighbours
     assert hole_windows(unknown, margin=16, context=0.5) == [Box(84, 84, 1092, 1492)]
+
+
+def test_bad_masks_are_refused_before_sampling():
+    model = Model(SmoothNet(), _config(), torch.device("cpu"))
+    image = _photo(40, 60)
+    with pytest.raises(ValueError, match="needs a mask"):
+        restore_image(model, get_task("inpainting"), image, None, progress=False)
+    with pytest.raises(ValueError, match="covers the whole image"):
+        restore_image(model, get_task("uncropping"), image, torch.ones(1, 40, 60), progress=False)
+    with pytest.raises(ValueError, match="does not match"):
+        restore_image(model, get_task("inpainting"), image, torch.zeros(1, 40, 61), progress=False)
+    with pytest.raises(ValueError, match="takes no mask"):
+        restore_image(model, get_task("jpeg"), image, torch.zeros(1, 40, 60), progress=False)

@@ -211,7 +211,7 @@ def restore_image(model: Model, task: Task, image: torch.Tensor, mask: torch.Ten
     """
     check_sampling(sampler, steps)
     image = image.float().cpu()
-    task.condition_from_input(image, mask, np.random.default_rng(0))  # refuses a missing, misshapen or full mask
+    task.check_input(image, mask)  # a missing, misshapen or full mask fails before any sampling
     strategy = task.full_size
     if tile is not None or overlap is not None:
         grid = replace(strategy.grid, tile=strategy.grid.tile if tile is None else tile,
@@ -219,7 +219,7 @@ def restore_image(model: Model, task: Task, image: torch.Tensor, mask: torch.Ten
         strategy = replace(strategy, grid=grid)
     pieces = TaskSampler(model, task, sampler, steps, seed, precision, tile_batch, progress)
     restored = strategy.restore(pieces, image, mask, preview)
-    return paste_known(restored, image, mask) if task.has_known_region else restored
+    return torch.where(mask > 0.5, restored, image) if task.has_known_region else restored
 
 
 SIDES = ("left", "right", "top", "bottom")

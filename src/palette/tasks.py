@@ -98,6 +98,10 @@ class Task(ABC):
     ) -> Degraded:
         """A user's degraded image (and mask) -> condition and mask, for inference."""
 
+    def check_input(self, degraded_image: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Raise ValueError unless condition_from_input takes this image and mask (cheap: draws nothing)."""
+        _check_no_mask(self, mask)
+
     @property
     def label(self) -> str:
         """The name plus the mask option's value when set, e.g. `inpainting_centre`: for file names and rows."""
@@ -195,7 +199,7 @@ class Colorization(Task):
     def condition_from_input(
         self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
     ) -> Degraded:
-        _check_no_mask(self, mask)
+        self.check_input(degraded_image, mask)
         return Degraded(luma(degraded_image).repeat(3, 1, 1), _full_mask(degraded_image))
 
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
@@ -226,9 +230,7 @@ class _KnownRegionTask(Task):
         _check_image(image, (3,))
         return self.condition_from_input(image, self.draw_mask(*image.shape[1:], rng), rng)
 
-    def condition_from_input(
-        self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
-    ) -> Degraded:
+    def check_input(self, degraded_image: torch.Tensor, mask: torch.Tensor | None) -> None:
         if mask is None:
             raise ValueError(f"{self.name} needs a mask")
         _check_image(degraded_image, (3,))
@@ -238,6 +240,11 @@ class _KnownRegionTask(Task):
             )
         if mask.amin() > 0.5:
             raise ValueError(f"the {self.name} mask covers the whole image: no known pixels to work from")
+
+    def condition_from_input(
+        self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
+    ) -> Degraded:
+        self.check_input(degraded_image, mask)
         # Palette fills the unknown region of the condition with standard Gaussian noise; not clipped.
         noise = torch.from_numpy(rng.standard_normal(degraded_image.shape, dtype=np.float32))
         condition = torch.where(mask > 0.5, noise.to(degraded_image), degraded_image)
@@ -366,11 +373,14 @@ class JpegRestoration(Task):
         _check_image(image, (3,))
         return Degraded(jpeg_roundtrip(image, self.draw_quality(rng)), _full_mask(image))
 
+    def check_input(self, degraded_image: torch.Tensor, mask: torch.Tensor | None) -> None:
+        _check_no_mask(self, mask)
+        _check_image(degraded_image, (3,))
+
     def condition_from_input(
         self, degraded_image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
     ) -> Degraded:
-        _check_no_mask(self, mask)
-        _check_image(degraded_image, (3,))
+        self.check_input(degraded_image, mask)
         return Degraded(degraded_image, _full_mask(degraded_image))
 
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:

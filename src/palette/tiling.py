@@ -109,7 +109,7 @@ class TiledNetwork(torch.nn.Module):
         padded = tuple(math.ceil(length / step) * step for length, step in
                        ((length, self.multiple if length <= self.grid.tile else math.lcm(self.grid.align, self.multiple))
                         for length in (height, width)))
-        tile = (min(self.grid.tile, padded[0]), min(self.grid.tile, padded[1]))
+        tile = (self.tile_length(padded[0]), self.tile_length(padded[1]))
         rows = tile_origins(padded[0], tile[0], self.grid.overlap, self.grid.align)
         cols = tile_origins(padded[1], tile[1], self.grid.overlap, self.grid.align)
         jobs = []
@@ -118,6 +118,18 @@ class TiledNetwork(torch.nn.Module):
             jobs += [(index, top, left) for top in rows for left in cols
                      if active is None or active[top:top + tile[0], left:left + tile[1]].any()]
         return padded, tile, jobs
+
+    def tile_length(self, padded: int) -> int:
+        """The tile side along an axis of `padded` px: the shortest that needs no more tiles than the grid's size.
+
+        A 160 px window takes two 96 px tiles rather than two 128 px ones, which would overlap by 96.
+        """
+        if padded <= self.grid.tile:
+            return padded
+        step = math.lcm(self.grid.align, self.multiple)
+        count = len(tile_origins(padded, self.grid.tile, self.grid.overlap, self.grid.align))
+        return next(length for length in range(step, self.grid.tile + 1, step) if length > self.grid.overlap
+                    and len(tile_origins(padded, length, self.grid.overlap, self.grid.align)) <= count)
 
     def forward(self, noisy: torch.Tensor, noise_level: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         count, _, height, width = noisy.shape
