@@ -110,3 +110,77 @@ def test_bad_sampling_options_fail_before_the_model_loads(tmp_path, flag, value,
     # The checkpoint does not exist: an error about it would mean the model was loaded first.
     with pytest.raises(ValueError, match=message):
         sample_folder(tmp_path / "missing.safetensors", "jpeg", tmp_path, tmp_path / "out", **{flag: value})
+
+
+@pytest.fixture
+def random_tiny_model(tmp_path) -> Path:
+    from palette.checkpoint import save_weights
+    from palette.network import PaletteNet
+
+    config = config_from_dict(tiny_values(tmp_path))
+    torch.manual_seed(0)
+    net = PaletteNet.from_config(config)
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    save_weights(tmp_path / "model.safetensors", net.state_dict(), config)
+    return tmp_path / "model.safetensors"
+
+
+def _gray_inputs(folder: Path, count: int) -> Path:
+    folder.mkdir()
+    for index in range(count):
+        Image.new("L", (16, 16), 30 * index + 40).save(folder / f"gray{index}.png")
+    return folder
+
+
+def test_a_rerun_skips_complete_outputs_and_redoes_missing_ones(random_tiny_model, tmp_path, capsys):
+    inputs = _gray_inputs(tmp_path / "inputs", 3)
+    common = dict(checkpoint=random_tiny_model, task="colorization", input=inputs, output=tmp_path / "out",
+                  progress=False, device="cpu", steps=2)
+    first = sample_folder(**common)
+    kept = (tmp_path / "out" / "gray0.png").stat().st_mtime_ns
+    (tmp_path / "out" / "gray1.png").unlink()  # as if the first run had been killed before writing it
+    again = sample_folder(**common)
+    assert [p.name for p in again] == ["gray1.png"] and len(first) == 3
+    assert (tmp_path / "out" / "gray0.png").stat().st_mtime_ns == kept
+    assert "skipped 2 input(s)" in capsys.readouterr().out
+    assert len(sample_folder(**common, overwrite=True)) == 3
+
+
+def test_an_all_black_mask_copies_the_input_with_a_warning(random_tiny_model, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.new("RGB", (16, 16), (200, 30, 60)).save(inputs / "photo.png")
+    (tmp_path / "masks").mkdir()
+    Image.new("L", (16, 16), 0).save(tmp_path / "masks" / "photo.png")
+    with pytest.warns(UserWarning, match="photo.png.*nothing to generate"):
+        written = sample_folder(random_tiny_model, "inpainting", inputs, tmp_path / "out", mask=tmp_path / "masks",
+                                progress=False, device="cpu")
+    with Image.open(written[0]) as output, Image.open(inputs / "photo.png") as given:
+        assert np.array_equal(np.asarray(output), np.asarray(given))
+
+
+def test_inputs_that_would_share_an_output_name_are_refused(random_tiny_model, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.new("L", (16, 16), 50).save(inputs / "a.png")
+    Image.new("L", (16, 16), 90).save(inputs / "a.jpg")
+    with pytest.raises(ValueError, match="a.jpg.*a.png|a.png.*a.jpg"):
+        sample_folder(random_tiny_model, "colorization", inputs, tmp_path / "out", progress=False, device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ranks_restore_disjoint_shares_that_match_a_single_process(random_tiny_model, tmp_path, monkeypatch):
+    inputs = _gray_inputs(tmp_path / "inputs", 5)
+    common = dict(checkpoint=random_tiny_model, task="colorization", input=inputs, progress=False, device="cpu",
+                  steps=2)
+    single = sample_folder(output=tmp_path / "single", **common)
+    shares = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        shares.append([p.name for p in sample_folder(output=tmp_path / "ranks", **common)])
+    assert sorted(shares[0] + shares[1]) == sorted(p.name for p in single) and not set(shares[0]) & set(shares[1])
+    for path in single:
+        with Image.open(path) as one, Image.open(tmp_path / "ranks" / path.name) as other:
+            assert np.array_equal(np.asarray(one), np.asarray(other))

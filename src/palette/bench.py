@@ -32,10 +32,11 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from .checkpoint import check_device
 from .config import Config, apply_overrides, config_from_dict
 from .data import PaletteDataset, SampleNumbers
 from .diffusion import training_noise_levels
-from .inference import Model, default_device, derive_seed, load_model, prepare_input, restore
+from .inference import Model, derive_seed, load_model, prepare_input, restore
 from .network import PaletteNet, autocast, count_parameters
 from .samplers import SAMPLERS
 from .training import make_optimizer, optimization_step
@@ -321,7 +322,7 @@ def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16,
         raise ValueError(f"unknown bench parts {unknown}; expected some of {', '.join(PARTS)}")
     for spec in samplers:
         parse_sampler(spec)
-    device = torch.device(device) if device else default_device()
+    device = check_device(device)
     config = bench_config(preset, image_size, batch_size, overrides)
     torch.manual_seed(config.train.seed)
     net = PaletteNet.from_config(config)

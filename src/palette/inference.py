@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -19,13 +20,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .checkpoint import load_state, load_weights, resolve_weights
+from .checkpoint import check_device, load_state, load_weights, resolve_weights
 from .config import Config
 from .diffusion import paste_known, x0_from_eps, x0_from_v
-from .imageio import ImageError, list_images, load_image, save_image
-from .masks import load_mask
+from .imageio import ImageError, check_unique_stems, list_images, load_image, save_image
+from .masks import EmptyMaskError, load_mask
 from .network import PaletteNet, autocast, regression_output
 from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler, sdedit_start_step
+from .shards import rank_slice
 from .tasks import Task, get_task, source_estimate
 from .tiling import Preview, TiledNetwork, TileGrid
 
@@ -43,17 +45,13 @@ class Model:
         return self.config.data.image_size
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_model(checkpoint: str | Path, device: str | torch.device | None = None) -> Model:
     """Load EMA weights and their config from a checkpoint; no config file is needed."""
     path = resolve_weights(checkpoint)
     state, config = load_weights(path)
     net = PaletteNet.from_config(config)
     load_state(net, state, path)
-    device = torch.device(device) if device else default_device()
+    device = check_device(device)
     return Model(net.to(device).eval().requires_grad_(False), config, device)
 
 
@@ -262,7 +260,7 @@ def load_input(task: Task, image_path: Path, mask_path: Path | None) -> tuple[to
         return image, None
     if mask_path is None:
         raise ImageError(f"{image_path}: task {task.name} needs a mask PNG with the same stem (--mask)")
-    return image, load_mask(mask_path, *image.shape[1:])
+    return image, load_mask(mask_path, *image.shape[1:], check_coverage=True)
 
 
 @dataclass
@@ -302,12 +300,14 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
                   mask: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
                   num_samples: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
                   precision: Precision = "fp32", progress: bool = True, preview: str | Path | None = None,
-                  tile: int | None = None, overlap: int | None = None) -> list[Path]:
+                  tile: int | None = None, overlap: int | None = None, overwrite: bool = False) -> list[Path]:
     """Restore every image in `input` (a file or folder) at its own size; write `output/<stem>.png` (or `<stem>_<k>.png`).
 
     Sample k of an image is seeded from (seed, file name, k), so it does not depend on the other files in the
     folder. `batch_size` tiles go through the network at once. With `preview` (a folder), each coarse result is
-    written there first under the output's name.
+    written there first under the output's name. Outputs are written atomically, so one that exists is
+    complete: a rerun skips it (resuming an interrupted folder) unless `overwrite`. Under torchrun each rank
+    restores its own contiguous share of the inputs (RANK, WORLD_SIZE) and returns what it wrote.
     """
     from tqdm import tqdm
 
@@ -317,6 +317,9 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     for flag, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if device is None and world_size > 1 and torch.cuda.is_available():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     model = load_model(checkpoint, device)
     if task not in model.config.data.tasks:
         warnings.warn(f"task {task} was not in this model's training mixture {sorted(model.config.data.tasks)}",
@@ -325,13 +328,28 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     paths = [input] if input.is_file() else list_images(input)
     if not paths:
         raise ImageError(f"{input}: no input images")
+    check_unique_stems(paths)
+    paths = rank_slice(paths, rank, world_size)
     mask_dir = Path(mask) if mask is not None else None
     inputs = [(path, find_mask(mask_dir, path)) for path in paths]  # a missing mask fails before any sampling
-    written = []
+    written, skipped = [], 0
     for path, mask_path in tqdm(inputs, desc="images", unit="image", disable=not progress):
-        image, image_mask = load_input(task_to_run, path, mask_path)
-        for k in range(num_samples):
-            name = f"{path.stem}_{k}.png" if num_samples > 1 else f"{path.stem}.png"
+        names = [f"{path.stem}_{k}.png" if num_samples > 1 else f"{path.stem}.png" for k in range(num_samples)]
+        if not overwrite and all((output / name).is_file() for name in names):
+            skipped += 1
+            continue
+        try:
+            image, image_mask = load_input(task_to_run, path, mask_path)
+        except EmptyMaskError as error:
+            warnings.warn(f"{error}; the output is the input, copied", stacklevel=2)
+            image, image_mask = load_image(path, "RGB"), None
+            for name in names:
+                save_image(image, output / name)
+                written.append(output / name)
+            continue
+        for k, name in enumerate(names):
+            if not overwrite and (output / name).is_file():
+                continue
             show = None if preview is None else lambda coarse, name=name: save_image(coarse, Path(preview) / name)
             restored = restore_image(model, task_to_run, image, image_mask, sampler=sampler, steps=steps,
                                      seed=derive_seed(seed, path.name, str(k)), precision=precision,
@@ -339,4 +357,6 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
                                      tile_batch=batch_size)
             save_image(restored, output / name)
             written.append(output / name)
+    if skipped:
+        print(f"skipped {skipped} input(s) whose outputs exist in {output} (--overwrite redoes them)")
     return written
