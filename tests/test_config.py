@@ -108,3 +108,12 @@ def test_residual_scales_name_registered_tasks_and_are_positive():
         config_from_dict({"diffusion": {"residual_scale": {"deblur": 2}}})
     with pytest.raises(ConfigError, match="diffusion.residual_scale.jpeg: must be > 0"):
         config_from_dict({"diffusion": {"residual_scale": {"jpeg": 0}}})
+
+
+def test_task_steps_override_the_default_steps_per_task():
+    sampling = config_from_dict({"sampling": {"steps": 20, "task_steps": {"jpeg": 1}}}).sampling
+    assert (sampling.steps_for("jpeg"), sampling.steps_for("colorization"), sampling.steps_for(None)) == (1, 20, 20)
+    with pytest.raises(ConfigError, match="sampling.task_steps.jpeg: must be from 1 to 1000"):
+        config_from_dict({"sampling": {"task_steps": {"jpeg": 0}}})
+    with pytest.raises(ConfigError, match="sampling.task_steps: unknown task 'deblur'"):
+        config_from_dict({"sampling": {"task_steps": {"deblur": 3}}})

@@ -1,5 +1,6 @@
 """restore and sample_folder with fake networks whose ideal output is known."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,31 @@ def test_ranks_restore_disjoint_shares_that_match_a_single_process(random_tiny_m
     for path in single:
         with Image.open(path) as one, Image.open(tmp_path / "ranks" / path.name) as other:
             assert np.array_equal(np.asarray(one), np.asarray(other))
+
+
+def test_export_stores_changed_sampling_defaults_and_refuses_training_keys(random_tiny_model, tmp_path, capsys):
+    from palette.checkpoint import load_weights
+    from palette.cli import main
+
+    out = tmp_path / "exported.safetensors"
+    main(["export", "--checkpoint", str(random_tiny_model), "--out", str(out),
+          "--set", "sampling.task_steps.colorization=3"])
+    state, config = load_weights(out)
+    original, _ = load_weights(random_tiny_model)
+    assert config.sampling.task_steps == {"colorization": 3}
+    assert all(torch.equal(state[k], original[k].half().float()) for k in state)  # fp16 storage
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", str(random_tiny_model), "--out", str(out), "--set", "train.lr=1"])
+    assert "only sampling.* defaults can change after training" in capsys.readouterr().err
+
+
+def test_a_task_samples_with_its_own_default_steps():
+    clean = torch.zeros(1, 3, 8, 8)
+    model = _model("v", clean)
+    model = Model(model.net, replace(model.config, sampling=replace(model.config.sampling, task_steps={"jpeg": 3})),
+                  model.device)
+    calls = []
+    model.net.register_forward_hook(lambda module, args, output: calls.append(1))
+    restore(model, torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 8, 8), task=get_task("jpeg"))
+    restore(model, torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 8, 8), task=get_task("colorization"))
+    assert len(calls) == 3 + model.config.sampling.steps

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import Config, ConfigError, config_from_dict, config_to_dict
+from .config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
 from .files import write_atomic
 
 CONFIG_KEY = "palette_config"
@@ -290,9 +291,18 @@ def read_checkpoint(folder: str | Path) -> dict[str, Any]:
     }
 
 
-def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -> Path:
-    """Copy a checkpoint's EMA weights (fp16 storage by default) and config into one self-contained file."""
+def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, overrides: Sequence[str] = ()) -> Path:
+    """Copy a checkpoint's EMA weights (fp16 storage by default) and config into one self-contained file.
+
+    `overrides` (`sampling.KEY=VALUE`) change the sampling defaults stored with the weights; nothing that
+    shaped the training can be changed here.
+    """
     state, config = load_weights(resolve_weights(checkpoint))
+    for override in overrides:
+        if not override.startswith("sampling."):
+            raise ConfigError(f"export --set {override}: only sampling.* defaults can change after training")
+    if overrides:
+        config = config_from_dict(apply_overrides(config_to_dict(config), list(overrides)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(out, state, config, dtype=torch.float16 if half else None)

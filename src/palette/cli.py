@@ -51,7 +51,7 @@ def _sample(args: argparse.Namespace) -> None:
     written = sample_folder(args.checkpoint, args.task, args.input, args.output, mask=args.mask, sampler=args.sampler,
                             steps=args.steps, num_samples=args.num_samples, seed=args.seed,
                             batch_size=args.batch_size, device=args.device, precision=args.precision,
-                            preview=args.preview, tile=args.tile, overlap=args.overlap)
+                            preview=args.preview, tile=args.tile, overlap=args.overlap, overwrite=args.overwrite)
     print(f"wrote {len(written)} image(s) to {args.output}")
 
 
@@ -111,7 +111,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .checkpoint import export_weights
 
-    print(f"wrote {export_weights(args.checkpoint, args.out, half=not args.fp32)}")
+    print(f"wrote {export_weights(args.checkpoint, args.out, half=not args.fp32, overrides=args.set)}")
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="network precision while sampling (bf16 autocast applies on CUDA only)")
     sample.add_argument("--preview", metavar="DIR", help="write each coarse result here first, named like the output")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="redo outputs that exist (default: skip them, so a rerun resumes an interrupted folder)")
     sample.add_argument("--tile", type=int, help="tile size in px (default: the task's)")
     sample.add_argument("--overlap", type=int, help="tile overlap in px (default: the task's)")
     sample.set_defaults(handler=_sample)
@@ -247,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="a run folder, checkpoint folder or .safetensors file")
     export.add_argument("--out", required=True)
     export.add_argument("--fp32", action="store_true", help="keep float32 storage (default: float16)")
+    export.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE",
+                        help="change a stored sampling default, e.g. sampling.task_steps.jpeg=1 (repeatable)")
     export.set_defaults(handler=_export)
 
     data = commands.add_parser("data", help="build a benchmark dataset, or write images as WebDataset shards")

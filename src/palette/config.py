@@ -127,6 +127,12 @@ class SamplingConfig:
 
     sampler: SamplerName = "dpmpp"
     steps: int = 20
+    # Per task name, the steps that replace `steps` for that task (chosen on validation data; MODEL_CARD.md).
+    task_steps: dict[str, int] = field(default_factory=dict)
+
+    def steps_for(self, task: str | None) -> int:
+        """The default number of sampling steps for `task` (None: the model-wide default)."""
+        return self.task_steps.get(task, self.steps) if task is not None else self.steps
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,11 @@ def _validate(config: Config) -> Config:
             raise ConfigError(f"data.tasks.{name}: weight must be >= 0, got {weight}")
     if not config.data.tasks or sum(config.data.tasks.values()) <= 0:
         raise ConfigError("data.tasks: give at least one task with a positive weight")
+    for name, steps in config.sampling.task_steps.items():
+        if name not in tasks:
+            raise ConfigError(f"sampling.task_steps: unknown task {name!r}; expected some of {', '.join(tasks)}")
+        if not 1 <= steps <= 1000:
+            raise ConfigError(f"sampling.task_steps.{name}: must be from 1 to 1000, got {steps}")
     for name, factor in config.diffusion.residual_scale.items():
         if name not in tasks:
             raise ConfigError(f"diffusion.residual_scale: unknown task {name!r}; expected some of {', '.join(tasks)}")

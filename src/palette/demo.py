@@ -160,7 +160,8 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
 
     elapsed = time.perf_counter() - start
     sampler = model.config.sampling.sampler
-    used_steps = steps or model.config.sampling.steps
+    used_steps = steps or ", ".join(f"{case.task.label} {model.config.sampling.steps_for(case.task.name)}"
+                                    for case in DEMO_CASES)
     page = output / "index.html"
     body = "\n".join(f"<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p><img src=\"{html.escape(file)}\">"
                      for title, file, caption in sections)

@@ -119,7 +119,7 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     """
     config = model.config
     sampler = sampler or config.sampling.sampler
-    steps = config.sampling.steps if steps is None else steps
+    steps = config.sampling.steps_for(task.name if task is not None else None) if steps is None else steps
     check_sampling(sampler, steps)
     condition, mask = condition.to(model.device), mask.to(model.device)
 
@@ -178,7 +178,7 @@ class TaskSampler:
         seed = derive_seed(self.seed, label)
         degraded = self.task.condition_from_input(image, mask, np.random.default_rng(seed))
         config = self.model.config
-        steps = config.sampling.steps if self.steps is None else self.steps
+        steps = config.sampling.steps_for(self.task.name) if self.steps is None else self.steps
         calls = 1 if config.diffusion.objective == "regression" else steps - sdedit_start_step(steps, strength)
         net = TiledNetwork(self.model.net, grid, size_multiple(config), active=degraded.mask[None] > 0.5,
                            batch_size=self.tile_batch)
