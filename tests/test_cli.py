@@ -88,7 +88,7 @@ def test_sampling_a_large_odd_sized_photo_in_tiles_with_a_preview(trained, tmp_p
         with Image.open(tmp_path / folder / "image0.png") as image:
             assert image.size == (61, 61)
     err = _error(capsys, ["sample", "--checkpoint", str(trained / "run"), "--task", "jpeg", "--input",
-                        str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--tile", "40"])
+                        str(tmp_path / "in"), "--output", str(tmp_path / "o2"), "--tile", "40"])
     assert "tile size 40 must be a positive multiple of the alignment 16" in err
 
 
