@@ -1,18 +1,22 @@
-# `make demo` and `make test` set themselves up: they create .venv and install palette when missing.
+# `make demo`, `make serve` and `make test` set themselves up: they create .venv and install palette when missing.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test train-default
+.PHONY: demo serve test train-default
 
 $(INSTALLED): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[test]"
+	$(PYTHON) -m pip install --quiet -e ".[test,ui]"
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
 	$(VENV)/bin/palette demo
+
+# The browser UI on http://127.0.0.1:7860 with the shipped model (this machine only; Ctrl-C stops it).
+serve: $(INSTALLED)
+	$(VENV)/bin/palette serve
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q

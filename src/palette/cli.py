@@ -6,6 +6,8 @@
     palette degrade --task jpeg --input photos/ --output evalset/ --size 64
     palette evaluate --pred out/ --target evalset/targets --out results.json
     palette demo
+    palette serve
+    palette study serve --real eval/targets --fake out/palette-64_inpainting
 """
 
 from __future__ import annotations
@@ -149,6 +151,36 @@ def _bench(args: argparse.Namespace) -> None:
               quick=args.quick, append_to=args.out)
 
 
+def _ui_ready(command: str) -> None:
+    """Stop with one line when the ui extra (gradio) is missing, before any model loads."""
+    from .serve import import_gradio
+
+    try:
+        import_gradio()
+    except ModuleNotFoundError as error:
+        raise SystemExit(f"palette {command}: error: {error}") from None
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    _ui_ready("serve")
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+
+
+def _study(args: argparse.Namespace) -> None:
+    if args.action == "report":
+        from .study import format_report, fool_rates
+
+        print(format_report(fool_rates(args.db)))
+        return
+    from .study import serve_study
+
+    _ui_ready("study serve")
+    serve_study(args.real, args.fake, db=args.db, seconds=args.seconds, seed=args.seed, model=args.model,
+                task=args.task, host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="palette", description="Palette image-to-image diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -290,6 +322,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--count", type=int, help="with --quality: use the first COUNT images")
     bench.add_argument("--seed", type=int, default=0)
     bench.set_defaults(handler=_bench)
+
+    serve = commands.add_parser("serve", help="the browser UI (gradio) on this machine; needs pip install -e '.[ui]'")
+    serve.add_argument("--checkpoint", help="default: the shipped model")
+    serve.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, help="default: 7860")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    serve.set_defaults(handler=_serve)
+
+    study = commands.add_parser("study", help="the paper's human evaluation: raters tell photos from model outputs")
+    actions = study.add_subparsers(dest="action", required=True, metavar="ACTION")
+    study_serve = actions.add_parser("serve", help="show raters real/model pairs in the browser, answers to SQLite")
+    study_serve.add_argument("--real", required=True, help="folder of real photos (<stem>.png, .jpg …)")
+    study_serve.add_argument("--fake", required=True, action="append",
+                             help="folder of model outputs named like the real photos (repeatable); its name "
+                                  "gives the model and task, e.g. palette-64_inpainting")
+    study_serve.add_argument("--seconds", type=float, default=3.0, help="how long each pair is shown (default: 3)")
+    study_serve.add_argument("--db", default="study.sqlite", help="SQLite file the answers go to")
+    study_serve.add_argument("--seed", type=int, default=0, help="seed of the pair order and sides")
+    study_serve.add_argument("--model", help="model name (default: from the --fake folder name)")
+    study_serve.add_argument("--task", choices=list(TASKS), help="task (default: from the --fake folder name)")
+    study_serve.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
+    study_serve.add_argument("--port", type=int, help="default: 7861")
+    study_report = actions.add_parser("report", help="fool rate per model and task with 95%% Wilson intervals")
+    study_report.add_argument("db")
+    study.set_defaults(handler=_study)
     return parser
 
 
