@@ -43,21 +43,28 @@ def inpaint_in_browser(url: str, photo: Path, screenshot: Path, timeout_s: float
             page.locator("#photo input[type=file]").set_input_files(str(photo))
             canvas = page.locator("#editor canvas").first
             page.wait_for_function("() => document.querySelector('#editor canvas') !== null")
-            time.sleep(1.5)  # the editor draws the photo as its background
-            box = canvas.bounding_box()
-            # A horizontal stroke through the middle of the canvas, where the photo is centred.
-            y = box["y"] + box["height"] / 2
-            page.mouse.move(box["x"] + box["width"] * 0.35, y)
-            page.mouse.down()
-            for step in range(1, 11):
-                page.mouse.move(box["x"] + box["width"] * (0.35 + 0.03 * step), y)
-                time.sleep(0.05)  # the editor samples the pointer per frame
-            page.mouse.up()
-            page.locator("#run").click()
             link = page.locator("#files a[href]").first
-            page.locator("#files a[href], .toast-body").first.wait_for(timeout=timeout_s * 1000)
-            if not link.count():
-                raise AssertionError(f"the page shows an error: {page.locator('.toast-body').first.inner_text()}")
+            # The editor draws the photo as its background before it takes strokes; on a loaded machine that can
+            # take seconds, and a stroke drawn before is lost ("paint over the part to fill first"): try again.
+            for attempt in range(1, 4):
+                time.sleep(1.5 * attempt)
+                box = canvas.bounding_box()
+                # A horizontal stroke through the middle of the canvas, where the photo is centred.
+                y = box["y"] + box["height"] / 2
+                page.mouse.move(box["x"] + box["width"] * 0.35, y)
+                page.mouse.down()
+                for step in range(1, 11):
+                    page.mouse.move(box["x"] + box["width"] * (0.35 + 0.03 * step), y)
+                    time.sleep(0.05)  # the editor samples the pointer per frame
+                page.mouse.up()
+                page.locator("#run").click()
+                page.locator("#files a[href], .toast-body").first.wait_for(timeout=timeout_s * 1000)
+                if link.count():
+                    break
+                message = page.locator(".toast-body").first.inner_text()
+                if "paint over" not in message or attempt == 3:
+                    raise AssertionError(f"the page shows an error: {message}")
+                page.locator(".toast-body").first.evaluate("toast => toast.remove()")
             page.wait_for_load_state("networkidle")
             page.screenshot(path=str(screenshot), full_page=True)
             response = page.request.get(link.get_attribute("href"))
