@@ -51,3 +51,17 @@ def tiny_values(source: Path, **train) -> dict:
 @pytest.fixture
 def tiny_config(image_folder: Path):
     return config_from_dict(tiny_values(image_folder))
+
+
+def save_tiny_model(folder: Path) -> Path:
+    """A tiny random PaletteNet (16 px, `tiny_values`) saved as a checkpoint; sampling it takes milliseconds."""
+    from palette.checkpoint import save_weights
+    from palette.network import PaletteNet
+
+    config = config_from_dict(tiny_values(folder))
+    torch.manual_seed(0)
+    net = PaletteNet.from_config(config)
+    for parameter in net.parameters():  # a random net, not the zero-initialised one
+        torch.nn.init.normal_(parameter, std=0.05)
+    save_weights(folder / "model.safetensors", net.state_dict(), config)
+    return folder / "model.safetensors"

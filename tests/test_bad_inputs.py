@@ -21,7 +21,7 @@ from palette.imageio import ImageError, check_unique_stems, load_image, open_ima
 from palette.masks import EmptyMaskError, load_mask
 from palette.network import PaletteNet
 
-from conftest import tiny_values, write_images
+from conftest import save_tiny_model, tiny_values, write_images
 
 RNG = np.random.default_rng(0)
 NOISE = RNG.integers(0, 256, (48, 48, 3), dtype=np.uint8)  # incompressible, so a cut file loses pixel data
@@ -208,14 +208,7 @@ def test_bad_masks_are_clear_errors_naming_the_file(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A random tiny model at 16x16 (sampling it takes milliseconds)."""
-    root = tmp_path_factory.mktemp("model")
-    config = config_from_dict(tiny_values(root))
-    torch.manual_seed(0)
-    net = PaletteNet.from_config(config)
-    for parameter in net.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
-    save_weights(root / "model.safetensors", net.state_dict(), config)
-    return root / "model.safetensors"
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def bad_checkpoints(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:

@@ -79,7 +79,8 @@ def inpaint_in_browser(url: str, photo: Path, screenshot: Path, timeout_s: float
 def test_inpainting_in_a_real_browser(tmp_path):
     pytest.importorskip("gradio")
     pytest.importorskip("playwright")
-    from test_serve import free_port, save_tiny_model, start_server, write_photo
+    from conftest import save_tiny_model
+    from test_serve import free_port, start_server, write_photo
 
     photo = write_photo(tmp_path / "photo.png", 120, 80)
     port = free_port()

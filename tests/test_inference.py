@@ -14,7 +14,7 @@ from palette.inference import Model, derive_seed, restore, sample_folder
 from palette.samplers import SAMPLERS
 from palette.tasks import get_task
 
-from conftest import tiny_values
+from conftest import save_tiny_model, tiny_values
 
 
 class Oracle(torch.nn.Module):
@@ -70,15 +70,7 @@ def test_seeds_are_per_image_and_name():
 
 
 def test_sample_folder_output_does_not_depend_on_batch_size_or_neighbours(tmp_path):
-    from palette.checkpoint import save_weights
-    from palette.network import PaletteNet
-
-    config = config_from_dict(tiny_values(tmp_path))
-    torch.manual_seed(0)
-    net = PaletteNet.from_config(config)
-    for parameter in net.parameters():  # a random net, not the zero-initialised one
-        torch.nn.init.normal_(parameter, std=0.05)
-    save_weights(tmp_path / "model.safetensors", net.state_dict(), config)
+    save_tiny_model(tmp_path)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for index in range(3):
@@ -115,16 +107,7 @@ def test_bad_sampling_options_fail_before_the_model_loads(tmp_path, flag, value,
 
 @pytest.fixture
 def random_tiny_model(tmp_path) -> Path:
-    from palette.checkpoint import save_weights
-    from palette.network import PaletteNet
-
-    config = config_from_dict(tiny_values(tmp_path))
-    torch.manual_seed(0)
-    net = PaletteNet.from_config(config)
-    for parameter in net.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
-    save_weights(tmp_path / "model.safetensors", net.state_dict(), config)
-    return tmp_path / "model.safetensors"
+    return save_tiny_model(tmp_path)
 
 
 def _gray_inputs(folder: Path, count: int) -> Path:

@@ -16,7 +16,7 @@ from palette.imageio import load_image
 from palette.serve import MAX_UPLOAD_BYTES, is_loopback, mask_from_strokes, read_upload
 from palette.tasks import TASKS, luma
 
-from conftest import tiny_values
+from conftest import save_tiny_model
 
 pytest.importorskip("gradio")
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:Warning"),
@@ -40,21 +40,6 @@ def _audit(event: str, args: tuple) -> None:
 
 
 sys.addaudithook(_audit)
-
-
-def save_tiny_model(folder: Path) -> Path:
-    """A tiny random PaletteNet (16 px, sampler ddim, 4 steps) as a checkpoint."""
-    from palette.checkpoint import save_weights
-    from palette.config import config_from_dict
-    from palette.network import PaletteNet
-
-    config = config_from_dict(tiny_values(folder))
-    torch.manual_seed(0)
-    net = PaletteNet.from_config(config)
-    for parameter in net.parameters():  # a random net, not the zero-initialised one
-        torch.nn.init.normal_(parameter, std=0.05)
-    save_weights(folder / "model.safetensors", net.state_dict(), config)
-    return folder / "model.safetensors"
 
 
 def write_photo(path: Path, width: int = WIDTH, height: int = HEIGHT) -> Path:
