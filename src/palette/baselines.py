@@ -11,8 +11,6 @@ et al. 2005). Colorization has none: the gray input itself is what a user alread
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal, TypeVar, get_args
 
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imageio import load_image, pil_to_tensor, tensor_to_pil
+from .imageio import load_image, pil_to_tensor, save_image, tensor_to_pil
 from .masks import load_mask
 from .metrics.folders import keyed_images
 from .tasks import inpaint_fill
@@ -106,19 +104,6 @@ def apply_baseline(method: BaselineMethod, image: ImageLike, mask: np.ndarray | 
     return restored.to(image) if isinstance(image, torch.Tensor) else np.asarray(tensor_to_pil(restored))
 
 
-def _save_atomically(image: torch.Tensor, path: Path) -> None:
-    """Write a PNG through a temporary file in the same folder, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            tensor_to_pil(image).save(file, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def baseline_folder(task: str, method: BaselineMethod, input_dir: str | Path, output_dir: str | Path,
                     mask_dir: str | Path | None = None) -> list[Path]:
     """Run `method` over a `palette degrade` folder: inputs `<stem>.png|.jpg`, masks `<stem>.png` (white = fill).
@@ -137,6 +122,6 @@ def baseline_folder(task: str, method: BaselineMethod, input_dir: str | Path, ou
         image = load_image(path)
         mask = None if mask_dir is None else load_mask(Path(mask_dir) / f"{key}.png", *image.shape[1:])
         output = Path(output_dir) / f"{key}.png"
-        _save_atomically(apply_baseline(method, image, mask), output)
+        save_image(apply_baseline(method, image, mask), output)
         written.append(output)
     return written

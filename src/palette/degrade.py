@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import centre_crop
-from .imageio import ImageError, list_images, open_image, pil_to_tensor
+from .imageio import ImageError, check_unique_stems, list_images, open_image, pil_to_tensor
 from .masks import save_mask
 from .tasks import get_task
 
@@ -31,16 +31,6 @@ def _task_options(task: str, mask_kind: str | None, quality: int | None) -> dict
     if quality is not None:
         options["quality"] = quality
     return options
-
-
-def _check_unique_names(paths: list[Path], input_dir: Path) -> None:
-    """Two inputs differing only in suffix would overwrite each other's outputs."""
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        name = path.relative_to(input_dir).with_suffix("")
-        if name in seen:
-            raise ImageError(f"{seen[name]} and {path} would both be written as {name}")
-        seen[name] = path
 
 
 def degrade_folder(
@@ -62,7 +52,7 @@ def degrade_folder(
         raise ValueError(f"size must be positive, got {size}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     paths = list_images(input_dir)
-    _check_unique_names(paths, input_dir)
+    check_unique_stems(paths, root=input_dir)
     written = 0
     for index, path in enumerate(paths):
         try:
