@@ -403,7 +403,8 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
     mask = torch.stack([p.mask for p in prepared])
     target = _unit_8bit(torch.stack(targets))
     name, steps = parse_sampler(samplers[0] if samplers else reference)
-    restore(model, condition[:batch_size], mask[:batch_size], sampler=name, steps=min(steps, 3))  # warm-up
+    restore(model, condition[:batch_size], mask[:batch_size], sampler=name, steps=min(steps, 3),
+            task=restored_task)  # warm-up
 
     rows = []
     for spec in (reference, *samplers):
