@@ -1,21 +1,23 @@
 """Benchmark tooling: the compiled training region has no graph breaks, compiled and eager nets agree, and
-`run_bench` / `run_quality` / `palette bench` write their tables (tiny settings on CPU)."""
+`run_bench` / `run_quality` / `run_profile` / `palette bench` write their tables (tiny settings on CPU)."""
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from palette.bench import bench_config, peak_flops, run_bench, run_quality, synthetic_batch, training_flops_per_image
+from palette.bench import bench_config, peak_flops, run_bench, synthetic_batch, training_flops_per_image
+from palette.bench_images import PROFILE_PARTS, Stopwatch, run_profile, run_quality
 from palette.cli import main
 from palette.config import config_from_dict
 from palette.diffusion import masked_loss
 from palette.network import PaletteNet
 from palette.training import train
 
-from conftest import tiny_values
+from conftest import save_tiny_model, tiny_values
 
 
 def _tiny_net(**network) -> PaletteNet:
@@ -146,3 +148,32 @@ def test_run_quality_compares_samplers_with_the_reference(image_folder, tmp_path
     assert all(8 < row["psnr"] < 40 and 0 < row["swd"] < 1000 and row["seconds_per_image"] > 0 for row in rows)
     assert (rows[1]["psnr"], rows[1]["swd"]) != (rows[0]["psnr"], rows[0]["swd"])
     assert "| ddim | 2 |" in out.read_text()
+
+
+def test_stopwatch_counts_a_nested_part_once():
+    watch = Stopwatch()
+    inner = watch.wrap("inner", lambda: time.sleep(0.05))
+
+    def outer() -> None:
+        time.sleep(0.05)
+        inner()
+    watch.wrap("outer", outer)()
+    inner()
+    assert 0.1 <= watch.seconds["outer"] < 0.2  # its own sleep and the nested call's
+    assert 0.05 <= watch.seconds["inner"] < 0.1  # the call on its own only
+
+
+def test_run_profile_times_every_part_of_palette_sample(tmp_path, image_folder):
+    model = save_tiny_model(tmp_path)
+    out = tmp_path / "BENCHMARKS.md"
+    rows = run_profile(model, image_folder, "jpeg", sampler="ddim:3", device="cpu", append_to=out)
+    parts = {row["part"]: row for row in rows}
+    assert list(parts) == [*PROFILE_PARTS, "sampler and the rest", "total"]
+    # Each wrapped function was reached through the name sample_folder calls: a part that was never timed is 0.
+    assert all(parts[part]["seconds"] > 0 for part in PROFILE_PARTS), parts
+    total = parts["total"]["seconds"]
+    assert parts["sampler and the rest"]["seconds"] >= 0 and parts["total"]["share"] == 1
+    assert sum(row["seconds"] for row in rows[:-1]) == pytest.approx(total)
+    assert parts["total"]["seconds_per_image"] == pytest.approx(total / len(list(image_folder.iterdir())))
+    text = out.read_text()
+    assert "| network |" in text and "time outside the network:" in text and "--profile" in text

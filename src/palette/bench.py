@@ -1,9 +1,8 @@
-"""Benchmarks: training img/s and MFU, ms per network evaluation, sampler seconds per image, peak memory, and
-the quality-versus-steps curve of the samplers.
+"""Benchmarks: training img/s and MFU, ms per network evaluation, sampler seconds per image, peak memory. The
+benchmarks of a trained model on real images (--quality, --profile) are in bench_images.py.
 
     palette bench --preset base --size 256 --batch-size 16             # on a CUDA GPU; appends to BENCHMARKS.md
     palette bench --preset tiny --size 16 --device cpu --quick --no-compile --samplers ddim:4
-    palette bench --quality runs/demo --data photos/ --task inpainting  # PSNR, SWD and s/image per sampler:steps
     python -m palette bench --quick ...                                 # the same as `palette bench --quick ...`
 
     rows = run_bench(preset="base", image_size=256, batch_size=16)     # the same from Python
@@ -18,10 +17,8 @@ from __future__ import annotations
 
 import copy
 import datetime
-import math
 import platform
 import shlex
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -36,7 +33,7 @@ from .checkpoint import check_device
 from .config import Config, apply_overrides, config_from_dict
 from .data import PaletteDataset, SampleNumbers
 from .diffusion import training_noise_levels
-from .inference import Model, derive_seed, load_model, prepare_input, restore
+from .inference import Model, restore
 from .network import PaletteNet, autocast, count_parameters
 from .samplers import SAMPLERS
 from .training import make_optimizer, optimization_step
@@ -45,7 +42,6 @@ Part = Literal["train", "nfe", "sample", "data"]
 PARTS: tuple[str, ...] = get_args(Part)
 
 DEFAULT_SAMPLERS = ("ddpm:1000", "ddim:20", "dpmpp:20", "unipc:10")
-QUALITY_SAMPLERS = tuple(f"{name}:{steps}" for name in ("ddim", "dpmpp", "unipc") for steps in (10, 20, 25, 50, 100))
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, matched in this order against
 # torch.cuda.get_device_name; "NVIDIA H100 80GB HBM3" is the SXM5 part. Unlisted devices get no MFU.
@@ -362,81 +358,3 @@ def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16,
     title = f"{device_name(device).split(',')[0]} · preset {preset}, {image_size}², batch {batch_size}"
     _publish(_heading(title, device, command, notes) + "\n\n" + format_table(rows), append_to)
     return rows
-
-
-def _unit_8bit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1] through 8-bit rounding, as a saved PNG would be evaluated."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 255
-
-
-def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = None,
-                samplers: Sequence[str] = QUALITY_SAMPLERS, reference: str = "ddpm:1000", count: int | None = None,
-                batch_size: int = 16, device: str | None = None, seed: int = 0,
-                append_to: str | Path | None = "BENCHMARKS.md") -> list[dict[str, Any]]:
-    """PSNR, SWD and s/image of each sampler:steps on one validation set, against the `reference` sampler.
-
-    The set is `data` degraded by `task` (default: the model's first training task) with degrade_folder, at the
-    model's size, so every sampler restores exactly the same inputs with the same seed.
-    """
-    from .degrade import degrade_folder
-    from .evaluate import psnr, sliced_wasserstein_distance
-    from .imageio import list_images, load_image
-
-    for spec in (reference, *samplers):
-        parse_sampler(spec)
-    model = load_model(checkpoint, device)
-    task = task or next(iter(model.config.data.tasks))
-    size = model.image_size
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        degrade_folder(task, data, folder, seed=seed, size=size)
-        inputs = list_images(folder / "inputs")[:count]
-        prepared, targets, seeds = [], [], []
-        for path in inputs:
-            name = path.relative_to(folder / "inputs").with_suffix(".png")
-            mask = folder / "masks" / name
-            prepared.append(prepare_input(task, path, mask if mask.is_file() else None, size, seed))
-            seeds.append(derive_seed(seed, path.name, "0"))
-            targets.append(load_image(folder / "targets" / name))
-    restored_task = prepared[0].task  # keep_input as `palette sample` applies it
-    condition = torch.stack([p.condition for p in prepared])
-    mask = torch.stack([p.mask for p in prepared])
-    target = _unit_8bit(torch.stack(targets))
-    name, steps = parse_sampler(samplers[0] if samplers else reference)
-    restore(model, condition[:batch_size], mask[:batch_size], sampler=name, steps=min(steps, 3),
-            task=restored_task)  # warm-up
-
-    rows = []
-    for spec in (reference, *samplers):
-        name, steps = parse_sampler(spec)
-        outputs = []
-        _synchronize(model.device)
-        start = time.perf_counter()
-        for first in range(0, len(prepared), batch_size):
-            outputs.append(restore(model, condition[first:first + batch_size], mask[first:first + batch_size],
-                                   sampler=name, steps=steps, seed=seeds[first:first + batch_size],
-                                   task=restored_task).cpu())
-        _synchronize(model.device)
-        seconds = (time.perf_counter() - start) / len(prepared)
-        output = _unit_8bit(torch.cat(outputs))
-        rows.append({"sampler": name, "steps": steps, "psnr": float(psnr(output, target).mean()),
-                     "swd": sliced_wasserstein_distance(output, target)["value"], "seconds_per_image": seconds})
-    for row in rows:
-        row["psnr_change_percent"] = 100 * (row["psnr"] / rows[0]["psnr"] - 1)
-        row["swd_change_percent"] = 100 * (row["swd"] / rows[0]["swd"] - 1) if rows[0]["swd"] else math.nan
-
-    lines = ["| sampler | steps | PSNR (dB) | SWD ×1e3 | s/image | PSNR vs reference | SWD vs reference |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row['sampler']} | {row['steps']} | {row['psnr']:.2f} | {_number(row['swd'])} "
-                     f"| {_number(row['seconds_per_image'])} | {row['psnr_change_percent']:+.1f}% "
-                     f"| {row['swd_change_percent']:+.1f}% |")
-    command = _command([("--quality", checkpoint), ("--data", data), ("--task", task),
-                        ("--samplers", ",".join(samplers)), ("--reference", reference), ("--count", count),
-                        ("--batch-size", batch_size), ("--device", str(model.device)), ("--seed", seed)])
-    notes = [f"{len(prepared)} image(s) at {size}², task {task}, reference {reference}; "
-             "SWD is lower-better, so a positive SWD change is a loss"]
-    title = f"Sampler quality · {device_name(model.device).split(',')[0]} · {task}"
-    _publish(_heading(title, model.device, command, notes) + "\n\n" + "\n".join(lines), append_to)
-    return rows
-

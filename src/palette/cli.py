@@ -134,12 +134,20 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from .bench import DEFAULT_SAMPLERS, PARTS, QUALITY_SAMPLERS, run_bench, run_quality
+    from .bench import DEFAULT_SAMPLERS, PARTS, run_bench
+    from .bench_images import QUALITY_SAMPLERS, run_profile, run_quality
 
     samplers = args.samplers.split(",") if args.samplers else None
+    for flag, checkpoint in (("--quality", args.quality), ("--profile", args.profile)):
+        if checkpoint and not args.data:
+            raise SystemExit(f"palette bench: {flag} CHECKPOINT needs --data DIR")
+    if args.profile:
+        if not args.task or (samplers and len(samplers) > 1):
+            raise SystemExit("palette bench: --profile needs --task, and at most one --samplers NAME:STEPS")
+        run_profile(args.profile, args.data, args.task, sampler=samplers[0] if samplers else None,
+                    device=args.device, seed=args.seed, append_to=args.out)
+        return
     if args.quality:
-        if not args.data:
-            raise SystemExit("palette bench: --quality CHECKPOINT needs --data DIR")
         run_quality(args.quality, args.data, task=args.task, samplers=samplers or QUALITY_SAMPLERS,
                     reference=args.reference, count=args.count, batch_size=args.batch_size, device=args.device,
                     seed=args.seed, append_to=args.out)
@@ -317,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="few repeats and small sampling batches (smoke test)")
     bench.add_argument("--out", default="BENCHMARKS.md", help="append the table here (default: BENCHMARKS.md)")
     bench.add_argument("--quality", metavar="CHECKPOINT", help="measure PSNR/SWD/time per sampler on --data")
-    bench.add_argument("--task", choices=list(TASKS), help="with --quality: task (default: the model's first)")
+    bench.add_argument("--profile", metavar="CHECKPOINT",
+                       help="time `palette sample` on --data by part: network, conditioning, pasting, I/O")
+    bench.add_argument("--task", choices=list(TASKS),
+                       help="with --quality: task (default: the model's first); with --profile: required")
     bench.add_argument("--reference", default="ddpm:1000", help="with --quality: reference sampler")
     bench.add_argument("--count", type=int, help="with --quality: use the first COUNT images")
     bench.add_argument("--seed", type=int, default=0)
