@@ -94,6 +94,7 @@ def test_peak_flops_by_device_name():
 def test_run_bench_quick_on_cpu_appends_the_expected_rows(image_folder, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\nEarlier text.\n")
+    threads = torch.get_num_threads()
     # backend="eager" runs the compiled code paths with Dynamo's graphs but no code generation.
     rows = run_bench(preset="tiny", image_size=16, batch_size=4, device="cpu", samplers=("ddim:2", "dpmpp:2"),
                      backend="eager", data=image_folder, overrides=["data.num_workers=0"], quick=True, append_to=out)
@@ -102,7 +103,8 @@ def test_run_bench_quick_on_cpu_appends_the_expected_rows(image_folder, tmp_path
                for mode in ("eager", "compiled") for batch in (1, 2) for spec in ("ddim:2", "dpmpp:2")]
     assert found == [
         ("training FLOP per image (forward + backward)", "counted", 4),
-        ("training img/s, 16²", "eager", 4), ("training img/s, 16²", "compiled", 4),
+        ("training img/s, 16²", "eager", 4), ("training img/s, 16²", "eager, channels_last", 4),
+        ("training img/s, 16²", "eager, 1 thread", 4), ("training img/s, 16²", "compiled", 4),
         ("ms per network evaluation", "eager", 1), ("ms per network evaluation", "eager", 8),
         ("ms per network evaluation", "compiled", 1), ("ms per network evaluation", "compiled", 8),
         *samples,
@@ -110,6 +112,7 @@ def test_run_bench_quick_on_cpu_appends_the_expected_rows(image_folder, tmp_path
         ("data loading: wait in next(loader) per step", "eager, 0 worker(s)", 4),
     ]
     assert all(row["value"] > 0 for row in rows)
+    assert torch.get_num_threads() == threads  # the 1-thread row gives the threads back
     assert all(row["mfu"] is None and row["peak_memory_gib"] is None for row in rows)  # CUDA only
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nEarlier text.\n\n### ")  # appended, not overwritten

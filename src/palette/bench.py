@@ -180,10 +180,18 @@ def _train_rows(net: PaletteNet, config: Config, device: torch.device, modes: Se
     batch = synthetic_batch(config, batch_size, device)
     flops = training_flops_per_image(net, config, batch, device)
     rows = [_row("training FLOP per image (forward + backward)", "counted", batch_size, flops / 1e9, "GFLOP")]
+    threads = torch.get_num_threads()
     for mode in modes:
-        model = _copy_to(net, device)
+        model, fed = _copy_to(net, device), batch
+        if mode == "eager, channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            fed = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}
         step = training_step(model, config, device, _compile(model, backend) if mode == "compiled" else None)
-        seconds, memory = _timed(lambda: step(batch), device, repeats, warmup)
+        torch.set_num_threads(1 if mode == "eager, 1 thread" else threads)
+        try:
+            seconds, memory = _timed(lambda: step(fed), device, repeats, warmup)
+        finally:
+            torch.set_num_threads(threads)
         images_per_second = batch_size / seconds
         mfu = flops * images_per_second / peak if peak else None
         rows.append(_row(f"training img/s, {config.data.image_size}²", mode, batch_size, images_per_second, "img/s",
@@ -325,7 +333,9 @@ def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16,
     peak = peak_flops(device_name(device)) if device.type == "cuda" else None
     warmup, repeats, nfe_repeats = (1, 2, 2) if quick else (5, steps, 50)
     sample_batches = (1, 2) if quick else (1, sample_batch)
-    train_modes = ("eager", "compiled") if compile else ("eager",)
+    # Execution settings as ratios within one run: memory layout, and on a CPU the thread count.
+    train_modes = ("eager", "eager, channels_last", *(("eager, 1 thread",) if device.type == "cpu" else ()),
+                   *(("compiled",) if compile else ()))
     rows: list[dict[str, Any]] = []
     if "train" in parts:
         rows += _train_rows(net, config, device, train_modes, backend, warmup, repeats, peak)
