@@ -194,6 +194,28 @@ def test_outward_windows_march_from_the_known_part_each_half_known():
     assert lefts == [48, 96, 144, 192, 200]
 
 
+class ConstantWindowSampler(RecordingSampler):
+    """Fills window k with its own value, -0.8 + 0.3 k, at every scale: each window boundary is a step of 0.3."""
+
+    def sample(self, image, mask, grid, label, init=None, strength=1.0, on_estimate=None):
+        value = -0.8 + 0.3 * int(label.split()[1])
+        return torch.where(mask > 0.5, torch.full_like(image, value), image)
+
+
+@pytest.mark.parametrize("feather", [0.125, 0.0])
+def test_outward_windows_crossfade_into_earlier_ones(feather):
+    image, mask = _photo(100, 300), torch.ones(1, 100, 300)
+    mask[:, :, :100] = 0
+    restored = FillWindows("outward", reach=32, feather=feather).restore(ConstantWindowSampler(), image, mask)
+    assert torch.equal(restored[:, :, :100], image[:, :, :100])
+    steps = (restored[:, :, 101:].diff(dim=2)).abs().amax(dim=(0, 1))  # within what the windows made
+    if feather:  # 0.3 spread over a band of 12.5 px: no step above 0.3 / 12.5, and every window shows
+        assert steps.max() <= 0.3 / 12.5 + 1e-5
+        assert restored[0, 50, -1] == pytest.approx(-0.8 + 0.3 * 4)
+    else:
+        assert steps.max() == pytest.approx(0.3)
+
+
 def test_colorization_samples_a_view_of_128_px_short_side():
     sampler = RecordingSampler()
     TASKS["colorization"].full_size.restore(sampler, luma(_photo(667, 1001)).repeat(3, 1, 1), None)

@@ -309,11 +309,32 @@ def scale_ladder(coarsest: float) -> list[float]:
     return [coarsest * 2 ** level for level in range(levels)] + [1.0]
 
 
+def seam_band(own: torch.Tensor, generated: torch.Tensor, width: float) -> torch.Tensor:
+    """Blend weights [h, w] for a window: 1 on `own`, falling linearly to 0 over `width` px of `generated`.
+
+    `own` [h, w] is what the window is the first to fill and `generated` [h, w] what earlier windows filled. The
+    window samples its band of earlier output again and crossfades into it, so two windows meet without a step.
+    """
+    import cv2
+
+    weight = own.float()
+    if width <= 0 or not generated.any() or own.all():
+        return weight
+    distance = torch.from_numpy(cv2.distanceTransform((~own).numpy().astype(np.uint8), cv2.DIST_L2, 5))
+    ramp = (1 - distance / width).clamp(0, 1)
+    return torch.where(generated & ~own, ramp, weight)
+
+
 @dataclass
 class _Window:
     box: Box
-    own: torch.Tensor  # [h, w] bool: the pixels this window generates
+    weight: torch.Tensor  # [h, w]: 1 where this window generates, a ramp into earlier windows' output, 0 elsewhere
     scales: list[float] = field(default_factory=list)
+    output: torch.Tensor | None = None  # [3, h, w]: its latest sample, at full size
+
+    @property
+    def generates(self) -> torch.Tensor:
+        return (self.weight > 0).float()[None]
 
 
 @dataclass(frozen=True)
@@ -323,7 +344,8 @@ class FillWindows:
     plan "holes": a window per hole (connected components of the mask) with `margin` px of context, or
     `context` times the hole's long side if more; windows that meet are merged (IOPaint crops around a mask with a
     128 px margin). plan "outward": square windows marching out of the known region, each at least half known
-    and conditioned on what earlier windows made (Palette §5.4 builds panoramas by repeated uncropping).
+    and conditioned on what earlier windows made (Palette §5.4 builds panoramas by repeated uncropping); each also
+    samples `feather` × its side of earlier windows' output again and crossfades into it (`seam_band`).
 
     A window is first sampled at the scale where its farthest unknown pixel lies `reach` px from a known one
     (holes of the size the model was trained on), then upsampled 2x at a time and refined by SDEdit (Meng et al.
@@ -336,6 +358,7 @@ class FillWindows:
     margin: int = 128
     context: float = 0.5
     refine_strength: float = 0.2
+    feather: float = 0.125
     grid: TileGrid = TileGrid(tile=128, overlap=32)
 
     def __post_init__(self) -> None:
@@ -350,36 +373,46 @@ class FillWindows:
             raise ValueError("filling windows needs a mask")
         result = image.clone().float()
         unknown = mask[0].cpu() > 0.5
+        generated = torch.zeros_like(unknown)
         boxes = hole_windows(unknown, self.margin, self.context) if self.plan == "holes" else outward_windows(unknown)
         windows = []
         for box in boxes:
             own = unknown[box.slices].clone()
             if not own.any():
                 continue
-            windows.append(_Window(box, own, scale_ladder(self.reach / farthest_unknown(own))))
+            band = self.feather * max(box.bottom - box.top, box.right - box.left)
+            weight = seam_band(own, generated[box.slices], band)
+            windows.append(_Window(box, weight, scale_ladder(self.reach / farthest_unknown(weight > 0))))
             self._level(sampler, result, windows[-1], len(windows) - 1, 0)
             unknown[box.slices] = False
+            generated[box.slices] |= own
         if preview is not None:
             preview(result)
         for index, window in enumerate(windows):
             for level in range(1, len(window.scales)):
                 self._level(sampler, result, window, index, level)
+        # A refinement overwrites the band a later window had crossfaded into it: lay the windows down again.
+        for window in windows:
+            result[(slice(None), *window.box.slices)].lerp_(window.output, window.weight[None])
         return result
 
     def _level(self, sampler: WindowSampler, result: torch.Tensor, window: _Window, index: int, level: int) -> None:
         """Sample (level 0) or refine one window at one scale, writing its pixels into `result`."""
         crop = result[(slice(None), *window.box.slices)]
+        if window.output is not None:  # an earlier window's refinement may have overwritten this one's band
+            crop.lerp_(window.output, window.weight[None])
         height, width = crop.shape[1:]
         size = scaled_size(height, width, window.scales[level])
-        own = window.own[None].float()
+        generates = shrink_mask(window.generates, *size)
         small = resize(crop, *size)
         label = f"window {index} scale {size[1]}x{size[0]}"
         if level == 0:
-            filled = sampler.sample(small, shrink_mask(own, *size), self.grid, label)
+            filled = sampler.sample(small, generates, self.grid, label)
         else:
-            filled = sampler.sample(small, shrink_mask(own, *size), self.grid, label, init=small,
+            filled = sampler.sample(small, generates, self.grid, label, init=small,
                                     strength=self.refine_strength / 2 ** (level - 1))
-        crop.copy_(torch.where(own > 0.5, resize(filled, height, width), crop))
+        window.output = resize(filled, height, width)
+        crop.lerp_(window.output, window.weight[None])
 
 
 FullSize = Tiled | LowResolution | FillWindows
