@@ -11,8 +11,8 @@ from palette.config import config_from_dict
 from palette.inference import Model, derive_seed, restore, restore_image
 from palette.samplers import make_scheduler, run_sampler
 from palette.tasks import TASKS, get_task, luma
-from palette.tiling import (Box, FillWindows, LowResolution, TiledNetwork, TileGrid, blend_ramp, hole_windows,
-                            outward_windows, tile_origins)
+from palette.tiling import LowResolution, TiledNetwork, TileGrid, blend_ramp, tile_origins
+from palette.windows import Box, FillWindows, hole_windows, outward_windows
 
 from conftest import tiny_values
 

@@ -22,7 +22,11 @@ from PIL import Image
 
 from .imageio import pil_to_tensor, tensor_to_pil
 from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
-from .tiling import FillWindows, FullSize, LowResolution, TileGrid, Tiled
+from .tiling import LowResolution, TileGrid, Tiled
+from .windows import FillWindows
+
+# How a task meets a photo of any size: tiles on its own grid, a small view of the whole, or windows.
+FullSize = Tiled | LowResolution | FillWindows
 
 # ITU-R BT.601 luma weights for R, G, B.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
