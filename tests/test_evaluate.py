@@ -18,6 +18,8 @@ from torch import nn
 
 from palette import evaluate as ev
 from palette import metrics
+from palette.metrics.folders import FolderMismatchError, load_labels, match_predictions
+from palette.metrics.networks import MissingWeightsError
 from palette.imageio import save_image
 
 SIZE = 32
@@ -254,7 +256,7 @@ def test_resnet50_and_googlenet_files_round_trip(weights, tmp_path):
 
 
 def test_a_requested_metric_without_weights_names_the_flag_and_file(folders, tmp_path):
-    with pytest.raises(ev.MissingWeightsError, match="--inception-weights"):
+    with pytest.raises(MissingWeightsError, match="--inception-weights"):
         ev.evaluate_folders(folders / "noisy", folders / "targets", metrics=["fid"])
     missing = tmp_path / "nowhere" / "resnet.pth"
     with pytest.raises(FileNotFoundError, match=str(missing)) as error:
@@ -267,15 +269,15 @@ def test_a_requested_metric_without_weights_names_the_flag_and_file(folders, tmp
 def test_unmatched_files_are_named(folders, tmp_path):
     save_image(torch.zeros(3, 8, 8), tmp_path / "pred" / "img0.png")
     save_image(torch.zeros(3, 8, 8), tmp_path / "pred" / "stray_3.png")
-    with pytest.raises(ev.FolderMismatchError, match="stray_3.png") as error:
-        ev.match_predictions(tmp_path / "pred", folders / "targets")
+    with pytest.raises(FolderMismatchError, match="stray_3.png") as error:
+        match_predictions(tmp_path / "pred", folders / "targets")
     assert "img1" in str(error.value) and "img0" not in str(error.value)
 
 
 def test_labels_from_text_and_json(tmp_path):
     (tmp_path / "labels.txt").write_text("# stem class\nimg0 7\nimg1,3\n")
     (tmp_path / "labels.json").write_text(json.dumps({"img0": 7, "img1": "3"}))
-    assert ev.load_labels(tmp_path / "labels.txt") == ev.load_labels(tmp_path / "labels.json") == {"img0": 7, "img1": 3}
+    assert load_labels(tmp_path / "labels.txt") == load_labels(tmp_path / "labels.json") == {"img0": 7, "img1": 3}
 
 
 # -------------------------------------------------------------------------------------- end to end

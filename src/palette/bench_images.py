@@ -44,7 +44,8 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
     model's size, so every sampler restores exactly the same inputs with the same seed.
     """
     from .degrade import degrade_folder
-    from .evaluate import psnr, sliced_wasserstein_distance
+    from .metrics.pixel import psnr
+    from .metrics.swd import sliced_wasserstein_distance
     from .imageio import list_images, load_image
 
     for spec in (reference, *samplers):

@@ -29,48 +29,16 @@ from torch import nn
 
 from .imageio import load_image
 from .masks import load_mask
-from .metrics.distribution import (
-    IS_SPLITS,
-    KID_SUBSETS,
-    feature_statistics,
-    fid_from_features,
-    frechet_distance,
-    inception_score,
-    kernel_inception_distance,
-    load_reference_stats,
-    save_reference_stats,
-)
-from .metrics.folders import (
-    FolderMismatchError,
-    ImagePair,
-    image_sizes,
-    keyed_images,
-    known_region_dirs,
-    load_labels,
-    match_predictions,
-    pair_class_ids,
-)
-from .metrics.networks import (
-    FID_INCEPTION_SHA256_PREFIX,
-    NETWORK_BUILDERS,
-    PROXY_INCEPTION_SEED,
-    MissingWeightsError,
-    WeightsFile,
-    fid_inception,
-    find_weights,
-    imagenet_input,
-    load_state_dict_file,
-    random_fid_inception_state,
-    run_by_size,
-    weights_hint,
-)
+from .metrics.distribution import (IS_SPLITS, KID_SUBSETS, feature_statistics, fid_from_features, frechet_distance,
+                                   inception_score, kernel_inception_distance, load_reference_stats,
+                                   save_reference_stats)
+from .metrics.folders import (FolderMismatchError, ImagePair, image_sizes, keyed_images, known_region_dirs,
+                              match_predictions, pair_class_ids)
+from .metrics.networks import (FID_INCEPTION_SHA256_PREFIX, NETWORK_BUILDERS, PROXY_INCEPTION_SEED,
+                               MissingWeightsError, WeightsFile, fid_inception, find_weights, imagenet_input,
+                               load_state_dict_file, random_fid_inception_state, run_by_size, weights_hint)
 from .metrics.pixel import colourfulness, l1_error, psnr, ssim
-from .metrics.swd import SWD_SETTINGS, SlicedWassersteinCollector, sliced_wasserstein_distance
-
-# bench.py imports psnr and sliced_wasserstein_distance from here
-__all__ = ["METRIC_NAMES", "FolderMismatchError", "ImagePair", "MissingWeightsError", "evaluate_folders",
-           "format_table", "headline_value", "load_labels", "match_predictions", "psnr",
-           "sliced_wasserstein_distance"]
+from .metrics.swd import SWD_SETTINGS, SlicedWassersteinCollector
 
 # Every metric, in the order tables list them.
 METRIC_NAMES = (
