@@ -107,7 +107,6 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
     return rows
 
 
-
 class Stopwatch:
     """Wall seconds per part of a run, from wrapped functions and network hooks; a part inside another counts
     for the outer one only, so the parts add up to no more than the run."""
@@ -134,14 +133,18 @@ class Stopwatch:
         return timed
 
     def time_network(self, net: torch.nn.Module) -> None:
-        """Count every forward pass of `net` as "network" (two hooks per call, no change to the module)."""
+        """Count every forward pass of `net` as "network" (two hooks per call, no change to the module); on
+        CUDA the hooks synchronise, so the clock sees the kernels and not only their launch."""
         parts: list[Any] = []
+        device = next(net.parameters()).device
 
         def start(module: torch.nn.Module, args: Any) -> None:
+            _synchronize(device)
             parts.append(self.part("network"))
             parts[-1].__enter__()
 
         def stop(module: torch.nn.Module, args: Any, output: Any) -> None:
+            _synchronize(device)
             parts.pop().__exit__(None, None, None)
         net.register_forward_pre_hook(start)
         net.register_forward_hook(stop)
@@ -175,12 +178,12 @@ def run_profile(checkpoint: str | Path, data: str | Path, task: str, sampler: st
 
     with tempfile.TemporaryDirectory() as output, ExitStack() as patches:
         for target, attribute, part in ((inference, "load_input", "reading and writing images"),
-                                   (inference, "save_image", "reading and writing images"),
-                                   (inference, "source_estimate", "conditioning"),
-                                   (task_class, "condition_from_input", "conditioning"),
-                                   (inference, "paste_known", "pasting and clipping"),
-                                   (samplers, "paste_known", "pasting and clipping"),
-                                   (task_class, "keep_input", "pasting and clipping")):
+                                        (inference, "save_image", "reading and writing images"),
+                                        (inference, "source_estimate", "conditioning"),
+                                        (task_class, "condition_from_input", "conditioning"),
+                                        (inference, "paste_known", "pasting and clipping"),
+                                        (samplers, "paste_known", "pasting and clipping"),
+                                        (task_class, "keep_input", "pasting and clipping")):
             patches.enter_context(mock.patch.object(target, attribute, watch.wrap(part, getattr(target, attribute))))
         patches.enter_context(mock.patch.object(inference, "load_model",
                                                 watch.wrap("model loading", load_and_watch)))
@@ -197,8 +200,7 @@ def run_profile(checkpoint: str | Path, data: str | Path, task: str, sampler: st
     lines += [f"| {row['part']} | {row['seconds']:.2f} | {_number(row['seconds_per_image'])} | {row['share']:.1%} |"
               for row in rows]
     outside = 1 - seconds["network"] / total
-    command = _command([("--profile", checkpoint), ("--data", data), ("--task", task),
-                        ("--samplers", sampler),
+    command = _command([("--profile", checkpoint), ("--data", data), ("--task", task), ("--samplers", sampler),
                         ("--device", device), ("--seed", seed)])
     model_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes = [f"`palette sample` on {len(images)} image(s), task {task}, "
