@@ -117,3 +117,31 @@ def test_ancestral_sampling_depends_on_the_seed_and_only_on_it():
 def test_unknown_sampler_is_named():
     with pytest.raises(ValueError, match="--sampler.*euler.*ddpm"):
         make_scheduler("euler", DIFFUSION, 10)
+
+
+@pytest.mark.parametrize("steps, start_step", [(1, 0), (2, 0), (5, 0), (20, 0), (20, 8), (50, 0)])
+def test_our_dpm_solver_matches_diffusers_step_by_step(steps, start_step):
+    from diffusers import DPMSolverMultistepScheduler
+
+    from palette.samplers import trained_betas
+
+    reference = DPMSolverMultistepScheduler(
+        num_train_timesteps=DIFFUSION.train_steps, trained_betas=trained_betas(DIFFUSION), prediction_type="sample",
+        timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+        final_sigmas_type="zero")
+    reference.set_timesteps(steps)
+    ours = make_scheduler("dpmpp", DIFFUSION, steps)
+    assert torch.equal(ours.timesteps, reference.timesteps)
+    torch.testing.assert_close(ours.alphas_cumprod, reference.alphas_cumprod, rtol=1e-6, atol=0)
+    start = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    denoise = lambda x, g: torch.tanh(1.5 * x + 0.2) * (0.5 + g.view(-1, 1, 1, 1))  # noqa: E731  nonlinear, level-dependent
+    trajectories = []
+    for scheduler in (reference, ours):
+        steps_seen = []
+        trajectories.append(run_sampler(denoise, scheduler, start.shape, generator=torch.Generator().manual_seed(0),
+                                        start=start if start_step else None, start_step=start_step,
+                                        callback=lambda index, x, clean: steps_seen.append(x.clone())))
+        trajectories.append(torch.stack(steps_seen))
+    assert trajectories[0].abs().mean() > 0.05
+    torch.testing.assert_close(trajectories[2], trajectories[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trajectories[3], trajectories[1], rtol=1e-5, atol=1e-5)
