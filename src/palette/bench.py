@@ -85,7 +85,7 @@ def bench_config(preset: str, image_size: int, batch_size: int, overrides: Seque
     return config_from_dict(apply_overrides(values, list(overrides)))
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -95,13 +95,13 @@ def _timed(run: Callable[[], Any], device: torch.device, repeats: int, warmup: i
     """Seconds per call of `run`, after `warmup` untimed calls of `warm` (default `run`), and peak GiB on CUDA."""
     for _ in range(warmup):
         (warm or run)()
-    _synchronize(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(repeats):
         run()
-    _synchronize(device)
+    synchronize(device)
     seconds = (time.perf_counter() - start) / repeats
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return seconds, memory
@@ -262,7 +262,7 @@ def _data_rows(net: PaletteNet, config: Config, device: torch.device, data: str 
             _row("data loading: wait in next(loader) per step", mode, batch_size, wait * 1e3, "ms")]
 
 
-def _number(value: float | None) -> str:
+def format_number(value: float | None) -> str:
     if value is None:
         return "–"
     if abs(value) >= 100:
@@ -275,12 +275,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| what | mode | batch | value | unit | MFU | peak memory (GiB) |", "|---|---|---:|---:|---|---:|---:|"]
     for row in rows:
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "–"
-        lines.append(f"| {row['what']} | {row['mode']} | {row['batch']} | {_number(row['value'])} | {row['unit']} "
-                     f"| {mfu} | {_number(row['peak_memory_gib'])} |")
+        lines.append(f"| {row['what']} | {row['mode']} | {row['batch']} | {format_number(row['value'])} "
+                     f"| {row['unit']} | {mfu} | {format_number(row['peak_memory_gib'])} |")
     return "\n".join(lines)
 
 
-def _heading(title: str, device: torch.device, command: str, notes: Sequence[str]) -> str:
+def section_heading(title: str, device: torch.device, command: str, notes: Sequence[str]) -> str:
     import diffusers
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -291,7 +291,7 @@ def _heading(title: str, device: torch.device, command: str, notes: Sequence[str
     return "\n".join(lines)
 
 
-def _publish(section: str, append_to: str | Path | None) -> None:
+def publish(section: str, append_to: str | Path | None) -> None:
     print(section)
     if append_to is not None:
         path = Path(append_to)
@@ -299,7 +299,7 @@ def _publish(section: str, append_to: str | Path | None) -> None:
         path.write_text(text.rstrip("\n") + "\n\n" + section + "\n")
 
 
-def _command(arguments: Sequence[tuple[str, Any]]) -> str:
+def bench_command(arguments: Sequence[tuple[str, Any]]) -> str:
     """`palette bench` with the given flags; True is a bare flag, False and None are left out, lists repeat."""
     words = ["palette", "bench"]
     for flag, value in arguments:
@@ -354,7 +354,7 @@ def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16,
         rows += _data_rows(net, config, device, data, warmup, repeats)
 
     breaks = training_graph_breaks(net, synthetic_batch(config, 2, device)) if compile else "not checked"
-    command = _command([("--preset", preset), ("--size", image_size), ("--batch-size", batch_size),
+    command = bench_command([("--preset", preset), ("--size", image_size), ("--batch-size", batch_size),
                         ("--device", str(device)), ("--steps", steps), ("--samplers", ",".join(samplers)),
                         ("--sample-batch", sample_batch), ("--parts", ",".join(parts)), ("--data", data),
                         ("--set", list(overrides)), ("--backend", backend if backend != "inductor" else None),
@@ -366,5 +366,5 @@ def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16,
     if quick:
         notes.append("quick: 1 warm-up and 2 timed repeats, sampling batch 2; a smoke run, not a measurement")
     title = f"{device_name(device).split(',')[0]} · preset {preset}, {image_size}², batch {batch_size}"
-    _publish(_heading(title, device, command, notes) + "\n\n" + format_table(rows), append_to)
+    publish(section_heading(title, device, command, notes) + "\n\n" + format_table(rows), append_to)
     return rows

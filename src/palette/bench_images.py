@@ -22,7 +22,7 @@ from unittest import mock
 import torch
 
 from . import inference, samplers
-from .bench import _command, _heading, _number, _publish, _synchronize, device_name, parse_sampler
+from .bench import bench_command, device_name, format_number, parse_sampler, publish, section_heading, synchronize
 from .inference import derive_seed, load_model, prepare_input, restore
 from .tasks import get_task
 
@@ -76,13 +76,13 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
     for spec in (reference, *samplers):
         name, steps = parse_sampler(spec)
         outputs = []
-        _synchronize(model.device)
+        synchronize(model.device)
         start = time.perf_counter()
         for first in range(0, len(prepared), batch_size):
             outputs.append(restore(model, condition[first:first + batch_size], mask[first:first + batch_size],
                                    sampler=name, steps=steps, seed=seeds[first:first + batch_size],
                                    task=restored_task).cpu())
-        _synchronize(model.device)
+        synchronize(model.device)
         seconds = (time.perf_counter() - start) / len(prepared)
         output = _unit_8bit(torch.cat(outputs))
         rows.append({"sampler": name, "steps": steps, "psnr": float(psnr(output, target).mean()),
@@ -94,16 +94,16 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
     lines = ["| sampler | steps | PSNR (dB) | SWD ×1e3 | s/image | PSNR vs reference | SWD vs reference |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['sampler']} | {row['steps']} | {row['psnr']:.2f} | {_number(row['swd'])} "
-                     f"| {_number(row['seconds_per_image'])} | {row['psnr_change_percent']:+.1f}% "
+        lines.append(f"| {row['sampler']} | {row['steps']} | {row['psnr']:.2f} | {format_number(row['swd'])} "
+                     f"| {format_number(row['seconds_per_image'])} | {row['psnr_change_percent']:+.1f}% "
                      f"| {row['swd_change_percent']:+.1f}% |")
-    command = _command([("--quality", checkpoint), ("--data", data), ("--task", task),
+    command = bench_command([("--quality", checkpoint), ("--data", data), ("--task", task),
                         ("--samplers", ",".join(samplers)), ("--reference", reference), ("--count", count),
                         ("--batch-size", batch_size), ("--device", str(model.device)), ("--seed", seed)])
     notes = [f"{len(prepared)} image(s) at {size}², task {task}, reference {reference}; "
              "SWD is lower-better, so a positive SWD change is a loss"]
     title = f"Sampler quality · {device_name(model.device).split(',')[0]} · {task}"
-    _publish(_heading(title, model.device, command, notes) + "\n\n" + "\n".join(lines), append_to)
+    publish(section_heading(title, model.device, command, notes) + "\n\n" + "\n".join(lines), append_to)
     return rows
 
 
@@ -139,12 +139,12 @@ class Stopwatch:
         device = next(net.parameters()).device
 
         def start(module: torch.nn.Module, args: Any) -> None:
-            _synchronize(device)
+            synchronize(device)
             parts.append(self.part("network"))
             parts[-1].__enter__()
 
         def stop(module: torch.nn.Module, args: Any, output: Any) -> None:
-            _synchronize(device)
+            synchronize(device)
             parts.pop().__exit__(None, None, None)
         net.register_forward_pre_hook(start)
         net.register_forward_hook(stop)
@@ -197,15 +197,16 @@ def run_profile(checkpoint: str | Path, data: str | Path, task: str, sampler: st
             for part, value in (*seconds.items(), ("total", total))]
 
     lines = ["| part | seconds | s/image | share |", "|---|---:|---:|---:|"]
-    lines += [f"| {row['part']} | {row['seconds']:.2f} | {_number(row['seconds_per_image'])} | {row['share']:.1%} |"
+    lines += [f"| {row['part']} | {row['seconds']:.2f} | {format_number(row['seconds_per_image'])} "
+              f"| {row['share']:.1%} |"
               for row in rows]
     outside = 1 - seconds["network"] / total
-    command = _command([("--profile", checkpoint), ("--data", data), ("--task", task), ("--samplers", sampler),
+    command = bench_command([("--profile", checkpoint), ("--data", data), ("--task", task), ("--samplers", sampler),
                         ("--device", device), ("--seed", seed)])
     model_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes = [f"`palette sample` on {len(images)} image(s), task {task}, "
              f"sampler {sampler or 'the model default for the task'}, progress bars off",
              f"time outside the network: {outside:.1%} of the total"]
     title = f"Where `palette sample` spends its time · {device_name(model_device).split(',')[0]} · {task}"
-    _publish(_heading(title, model_device, command, notes) + "\n\n" + "\n".join(lines), append_to)
+    publish(section_heading(title, model_device, command, notes) + "\n\n" + "\n".join(lines), append_to)
     return rows
