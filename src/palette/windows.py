@@ -87,14 +87,18 @@ def outward_windows(unknown: torch.Tensor, min_known: float = 0.5) -> Iterator[B
         yield Box(top, left, top + side, left + side)
 
 
-def farthest_unknown(unknown: torch.Tensor) -> float:
-    """The largest distance in px from an unknown pixel of `unknown` [H, W] to a known one."""
+def distance_to_known(unknown: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance in px from each pixel of `unknown` [H, W] (bool) to the nearest known one; 0 if known."""
     import cv2
 
+    return torch.from_numpy(cv2.distanceTransform(unknown.numpy().astype(np.uint8), cv2.DIST_L2, 5))
+
+
+def farthest_unknown(unknown: torch.Tensor) -> float:
+    """The largest distance in px from an unknown pixel of `unknown` [H, W] to a known one."""
     if unknown.all():
         return float(max(unknown.shape))
-    distance = cv2.distanceTransform(unknown.numpy().astype(np.uint8), cv2.DIST_L2, 5)
-    return float(distance.max())
+    return float(distance_to_known(unknown).max())
 
 
 def scale_ladder(coarsest: float) -> list[float]:
@@ -111,12 +115,10 @@ def seam_band(own: torch.Tensor, generated: torch.Tensor, width: float) -> torch
     `own` [h, w] is what the window is the first to fill and `generated` [h, w] what earlier windows filled. The
     window samples its band of earlier output again and crossfades into it, so two windows meet without a step.
     """
-    import cv2
-
     weight = own.float()
     if width <= 0 or not generated.any() or own.all():
         return weight
-    distance = torch.from_numpy(cv2.distanceTransform((~own).numpy().astype(np.uint8), cv2.DIST_L2, 5))
+    distance = distance_to_known(~own)
     ramp = (1 - distance / width).clamp(0, 1)
     return torch.where(generated & ~own, ramp, weight)
 
