@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from palette.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, write_checkpoint
-from palette.config import config_from_dict
+from palette.config import ConfigError, config_from_dict
 from palette.diffusion import sample_noise_level, training_noise_levels
 from palette.imageio import ImageError
 from palette.inference import Model, load_model, restore
 from palette.network import PaletteNet
 from palette.tasks import source_estimate
-from palette.training import RUN_FILES, RunDirectoryError, diffusion_loss, step_seeds, train
+from palette.training import RUN_FILES, RunDirectoryError, diffusion_loss, learning_rate, step_seeds, train
 
 from conftest import tiny_values
 
@@ -276,3 +276,14 @@ def test_ddp_with_two_gloo_processes_ends_with_identical_weights(image_folder, t
     # The two ranks saw different data, so the run is not just a single-process run twice.
     single = train(config_from_dict(tiny_values(image_folder, steps=3)), tmp_path / "single", progress=False)
     assert any(not torch.equal(rank0[k], v) for k, v in single.net.state_dict().items())
+
+
+def test_learning_rate_warms_up_holds_and_cools_down_to_zero():
+    settings = config_from_dict({"train": {"steps": 1000, "lr": 1e-3, "warmup_steps": 100,
+                                           "decay_steps": 200}}).train
+    rates = [learning_rate(settings, step) for step in (0, 49, 99, 500, 799, 800, 900, 999)]
+    assert rates == pytest.approx([1e-5, 5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-6])
+    constant = replace(settings, decay_steps=0)
+    assert learning_rate(constant, 999) == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match=r"train.decay_steps: must be at most train.steps \(1000\), got 1001"):
+        config_from_dict({"train": {"steps": 1000, "decay_steps": 1001}})

@@ -106,6 +106,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     warmup_steps: int = 500
+    # The lr falls linearly to 0 over the last `decay_steps` of `steps` (warmup-stable-decay, Hägele et al. 2024):
+    # a constant-lr run resumes with a larger `steps` and a short cool-down to give a model to export.
+    decay_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
@@ -224,7 +227,7 @@ def _network_values(values: dict[str, Any]) -> dict[str, Any]:
 _POSITIVE = ("train.steps", "train.batch_size", "train.lr", "train.grad_clip", "train.checkpoint_every",
              "train.keep_checkpoints", "train.sample_every", "train.log_every", "diffusion.train_steps",
              "diffusion.sample_steps", "data.image_size", "sampling.steps")
-_NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.seed", "data.num_workers")
+_NON_NEGATIVE = ("train.warmup_steps", "train.decay_steps", "train.weight_decay", "train.seed", "data.num_workers")
 
 
 def _validate(config: Config) -> Config:
@@ -235,6 +238,9 @@ def _validate(config: Config) -> Config:
         if value < 0 or (value == 0 and key in _POSITIVE):
             bound = ">= 0" if key in _NON_NEGATIVE else ">= 1" if isinstance(value, int) else "> 0"
             raise ConfigError(f"{key}: must be {bound}, got {value}")
+    if config.train.decay_steps > config.train.steps:
+        raise ConfigError(f"train.decay_steps: must be at most train.steps ({config.train.steps}), "
+                          f"got {config.train.decay_steps}")
     if not 0 <= config.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: expected 0 <= decay < 1, got {config.train.ema_decay}")
     diffusion = config.diffusion

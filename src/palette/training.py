@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import (CheckpointError, latest_checkpoint, load_config_only, load_state, load_weights,
                          read_checkpoint, remove_partial_checkpoints, resolve_weights, write_checkpoint,
                          write_text_atomic)
-from .config import Config, load_config, save_config
+from .config import Config, TrainConfig, load_config, save_config
 from .data import preview_examples, task_names, training_loader
 from .diffusion import masked_loss, paste_known, q_sample, sample_noise_level, training_noise_levels, v_target
 from .files import write_atomic
@@ -70,6 +70,13 @@ def ema_decay(base: float, step: int) -> float:
     return min(base, (1 + step) / (10 + step))
 
 
+def learning_rate(settings: TrainConfig, step: int) -> float:
+    """Linear warm-up, constant, then a linear cool-down to 0 over the last `decay_steps` (WSD)."""
+    warmup = (step + 1) / max(1, settings.warmup_steps)
+    cooldown = (settings.steps - step) / settings.decay_steps if settings.decay_steps else 1.0
+    return settings.lr * min(1.0, warmup, cooldown)
+
+
 def make_optimizer(net: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.AdamW:
     return torch.optim.AdamW(net.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay,
                              fused=device.type == "cuda")
@@ -78,13 +85,13 @@ def make_optimizer(net: torch.nn.Module, config: Config, device: torch.device) -
 def optimization_step(forward: torch.nn.Module, net: torch.nn.Module, ema: torch.nn.Module,
                       optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config,
                       levels: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Warm-up lr, loss, backward, clipping, AdamW, EMA; returns (per-sample losses, gradient norm).
+    """Scheduled lr, loss, backward, clipping, AdamW, EMA; returns (per-sample losses, gradient norm).
 
     `forward` is `net` itself, or a compiled or DDP-wrapped view of it.
     """
     settings = config.train
     for group in optimizer.param_groups:
-        group["lr"] = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup_steps))
+        group["lr"] = learning_rate(settings, step)
     with autocast(settings.precision, levels.device):
         losses = diffusion_loss(forward, batch, config, levels, generator)
     optimizer.zero_grad(set_to_none=True)
