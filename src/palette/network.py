@@ -17,7 +17,7 @@ from .unet import UNet
 
 
 def build_unet(network: NetworkConfig, image_size: int) -> UNet:
-    """The U-Net of `network`, its output layer zeroed so the first loss is that of predicting zero (ADM's zero_module)."""
+    """The U-Net of `network`, its output layer zeroed: the first loss is that of predicting zero (ADM's zero_module)."""
     unet = UNet(network, image_size)
     nn.init.zeros_(unet.conv_out.weight)
     nn.init.zeros_(unet.conv_out.bias)

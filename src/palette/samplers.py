@@ -143,7 +143,7 @@ def make_scheduler(name: str, diffusion: DiffusionConfig, steps: int) -> Schedul
             num_train_timesteps=diffusion.train_steps,
             trained_betas=trained_betas(diffusion),
             prediction_type="sample",
-            # Few-step runs must start at the noisiest step (Lin et al. 2024, "Common diffusion noise schedules…", §3.3).
+            # Few-step runs start at the noisiest step (Lin et al. 2024, "Common diffusion noise schedules…", §3.3).
             timestep_spacing="trailing",
         )
         if name == "ddim":

@@ -69,7 +69,7 @@ class ResBlock(nn.Module):
         if self.resample == "down":
             x, h = F.avg_pool2d(x, 2), F.avg_pool2d(h, 2)
         elif self.resample == "up":
-            x, h = F.interpolate(x, scale_factor=2.0, mode="nearest"), F.interpolate(h, scale_factor=2.0, mode="nearest")
+            x, h = F.interpolate(x, scale_factor=2.0), F.interpolate(h, scale_factor=2.0)  # nearest
         h = self.conv1(h)
         scale, shift = self.time_emb_proj(F.silu(time))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
@@ -98,7 +98,7 @@ class SelfAttention(nn.Module):
         h = h.transpose(1, 2)
         q, k, v = (project(h).view(batch, -1, self.heads, self.head_channels).transpose(1, 2)
                    for project in (self.to_q, self.to_k, self.to_v))
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, -1, self.heads * self.head_channels)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
         return x + self.to_out[0](out).transpose(1, 2).reshape(batch, channels, height, width)
 
 
