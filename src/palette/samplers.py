@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import DiffusionConfig, SamplerName
-from .diffusion import linear_betas, noise_levels, paste_known
+from .diffusion import linear_betas, noise_levels, paste_known, training_noise_levels
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, x_t, predicted x0)
@@ -83,7 +83,7 @@ class DPMSolverMultistep:
     """
 
     def __init__(self, diffusion: DiffusionConfig):
-        self.alphas_cumprod = noise_levels(torch.from_numpy(trained_betas(diffusion)))[1:].float()
+        self.alphas_cumprod = training_noise_levels(diffusion)[1:].float()
         self.num_train_timesteps = diffusion.train_steps
 
     def set_timesteps(self, steps: int) -> None:
