@@ -17,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from palette.imageio import open_image, pil_to_tensor
 from palette.inference import Model, load_model, restore
 from palette.metrics import sliced_wasserstein_distance
 from palette.metrics.pixel import colourfulness, psnr
-from palette.tasks import get_task, source_estimate
+from palette.tasks import Task, get_task, source_estimate
 from palette.training import train
 
 SHIPPED = "src/palette/assets/palette-multitask-64.safetensors"  # its per-task sampling steps are used
@@ -63,22 +64,43 @@ def validation_crops(val_list: Path, size: int = 64, seed: int = 123) -> torch.T
     return torch.stack(crops)
 
 
-def score(model: Model, clean: torch.Tensor, sampling: SamplingConfig) -> dict[str, dict[str, float]]:
-    """PSNR, SWD and colourfulness ratio per set of the model's restorations and of the estimate it starts from."""
-    target_colour = float(colourfulness((clean + 1) / 2).mean())
-    rows = {}
+@dataclass(frozen=True)
+class DegradedSet:
+    """One validation set: the crops degraded once, and the scores of the estimate a model starts from."""
+
+    task: Task
+    condition: torch.Tensor
+    mask: torch.Tensor
+    estimate: dict[str, float]
+
+
+def scores(output: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    """PSNR, SWD and colourfulness ÷ the targets' of images [N, 3, H, W] in [-1, 1]."""
+    output = output.clamp(-1, 1)
+    return {"psnr": float(psnr((output + 1) / 2, (clean + 1) / 2).mean()),
+            "swd": float(sliced_wasserstein_distance(output, clean)["value"]),
+            "colour": float(colourfulness((output + 1) / 2).mean() / colourfulness((clean + 1) / 2).mean())}
+
+
+def degraded_sets(clean: torch.Tensor) -> dict[str, DegradedSet]:
+    """Every set of SETS, degraded with fixed seeds."""
+    sets = {}
     for name, (task_name, options) in SETS.items():
         task = get_task(task_name, **options)
         degraded = [task.degrade(image, np.random.default_rng([1, i])) for i, image in enumerate(clean)]
         condition, mask = torch.stack([d.condition for d in degraded]), torch.stack([d.mask for d in degraded])
-        outputs = {"model": restore(model, condition, mask, steps=sampling.steps_for(task_name), task=task, seed=0),
-                   "estimate": source_estimate(condition, mask)}
-        for kind, output in outputs.items():
-            output = output.clamp(-1, 1)
-            rows[f"{name}/{kind}"] = {
-                "psnr": float(psnr((output + 1) / 2, (clean + 1) / 2).mean()),
-                "swd": float(sliced_wasserstein_distance(output, clean)["value"]),
-                "colour": float(colourfulness((output + 1) / 2).mean()) / target_colour}
+        sets[name] = DegradedSet(task, condition, mask, scores(source_estimate(condition, mask), clean))
+    return sets
+
+
+def score(model: Model, clean: torch.Tensor, sets: dict[str, DegradedSet], sampling: SamplingConfig
+          ) -> dict[str, dict[str, float]]:
+    """Scores per set of the model's restorations (`SET/model`) and of the estimate it starts from (`SET/estimate`)."""
+    rows = {}
+    for name, item in sets.items():
+        output = restore(model, item.condition, item.mask, steps=sampling.steps_for(item.task.name), task=item.task,
+                         seed=0)
+        rows[f"{name}/model"], rows[f"{name}/estimate"] = scores(output, clean), item.estimate
     return rows
 
 
@@ -93,7 +115,7 @@ def throughput(config_overrides: list[str], base: str) -> float:
 
 
 def run_point(label: str, overrides: list[str], args: argparse.Namespace, clean: torch.Tensor,
-              sampling: SamplingConfig) -> list[dict]:
+              sets: dict[str, DegradedSet], sampling: SamplingConfig) -> list[dict]:
     """Train one point for the budget (unless its run is complete) and score its checkpoints."""
     run_dir = args.out / label.split(" (")[0].replace(", ", "-").replace(" ", "")
     done = run_dir / "results.json"
@@ -116,7 +138,7 @@ def run_point(label: str, overrides: list[str], args: argparse.Namespace, clean:
                      "minutes": args.minutes * quarter / CHECKPOINTS,
                      "parameters": sum(p.numel() for p in model.net.parameters()),
                      "pilot_images_per_second": images_per_second, "train_wall_seconds": wall,
-                     "results": score(model, clean, sampling)})
+                     "results": score(model, clean, sets, sampling)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "results"}), flush=True)
     done.write_text(json.dumps(rows, indent=1))
     return rows
@@ -155,7 +177,9 @@ def main() -> None:
     args = parser.parse_args()
     clean = validation_crops(args.val)
     sampling = load_config_only(SHIPPED).sampling
-    rows = [row for label, overrides in POINTS.items() for row in run_point(label, overrides, args, clean, sampling)]
+    sets = degraded_sets(clean)
+    rows = [row for label, overrides in POINTS.items()
+            for row in run_point(label, overrides, args, clean, sets, sampling)]
     (args.out / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     plot(rows, args.out / "sweep.png")
 
