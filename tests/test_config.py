@@ -117,3 +117,15 @@ def test_task_steps_override_the_default_steps_per_task():
         config_from_dict({"sampling": {"task_steps": {"jpeg": 0}}})
     with pytest.raises(ConfigError, match="sampling.task_steps: unknown task 'deblur'"):
         config_from_dict({"sampling": {"task_steps": {"deblur": 3}}})
+
+
+def test_guidance_weights_are_checked_per_task():
+    sampling = config_from_dict({"sampling": {"task_guidance": {"colorization": 2.5}}}).sampling
+    assert (sampling.guidance_for("colorization"), sampling.guidance_for("jpeg"), sampling.guidance_for(None)) == \
+        (2.5, 1.0, 1.0)
+    with pytest.raises(ConfigError, match=r"sampling.task_guidance.colorization: must be from 1 \(off\) to 10"):
+        config_from_dict({"sampling": {"task_guidance": {"colorization": 0.5}}})
+    with pytest.raises(ConfigError, match="sampling.guidance: must be from 1"):
+        config_from_dict({"sampling": {"guidance": 11}})
+    with pytest.raises(ConfigError, match="sampling.task_guidance: unknown task 'deblur'"):
+        config_from_dict({"sampling": {"task_guidance": {"deblur": 2}}})

@@ -10,9 +10,10 @@ from PIL import Image
 
 from palette.config import config_from_dict
 from palette.diffusion import v_target
-from palette.inference import Model, derive_seed, restore, sample_folder
+from palette.inference import Model, derive_seed, make_denoiser, restore, sample_folder
 from palette.samplers import SAMPLERS
 from palette.tasks import get_task
+from palette.unet import SelfAttention
 
 from conftest import save_tiny_model, tiny_values
 
@@ -98,6 +99,7 @@ def test_sample_folder_output_does_not_depend_on_batch_size_or_neighbours(tmp_pa
     ("num_samples", 0, "--num-samples must be a positive integer"),
     ("batch_size", 0, "--batch-size must be a positive integer"),
     ("sampler", "euler", "--sampler: unknown sampler 'euler'"),
+    ("guidance", 0.5, "--guidance must be from 1"),
 ])
 def test_bad_sampling_options_fail_before_the_model_loads(tmp_path, flag, value, message):
     # The checkpoint does not exist: an error about it would mean the model was loaded first.
@@ -196,3 +198,33 @@ def test_a_task_samples_with_its_own_default_steps():
     restore(model, torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 8, 8), task=get_task("jpeg"))
     restore(model, torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 8, 8), task=get_task("colorization"))
     assert len(calls) == 3 + model.config.sampling.steps
+
+
+class Guided(torch.nn.Module):
+    """Outputs v = 1 everywhere, or 0 while its attention is perturbed: the guided v is then the weight itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = SelfAttention(4, head_channels=4, groups=None)
+
+    def forward(self, noisy, noise_level, condition):
+        return torch.zeros_like(noisy) if self.attention.perturbed else torch.ones_like(noisy)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_guidance_extrapolates_away_from_the_perturbed_network(guidance):
+    config = config_from_dict({**tiny_values(Path("unused")), "diffusion": {"objective": "v"},
+                               "sampling": {"task_guidance": {"colorization": guidance}}})
+    net = Guided()
+    calls = []
+    net.register_forward_hook(lambda module, args, output: calls.append(1))
+    noisy, noise_level = torch.zeros(1, 3, 4, 4), torch.full((1,), 0.36)
+    denoise = make_denoiser(net, config, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), lambda x: x,
+                            guidance=config.sampling.guidance_for("colorization"))
+    # x0 = sqrt(gamma) x_t - sqrt(1 - gamma) v, with v = 0 + guidance * (1 - 0)
+    torch.testing.assert_close(denoise(noisy, noise_level), torch.full((1, 3, 4, 4), -0.8 * guidance))
+    assert len(calls) == (1 if guidance == 1 else 2)
+    assert config.sampling.guidance_for("jpeg") == 1.0
+    with pytest.raises(ValueError, match="--guidance must be from 1"):
+        restore(Model(net, config, torch.device("cpu")), torch.zeros(1, 3, 4, 4), torch.ones(1, 1, 4, 4),
+                task=get_task("colorization"), guidance=0.5)

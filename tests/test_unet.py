@@ -5,7 +5,7 @@ import torch
 from diffusers import UNet2DModel
 
 from palette.config import config_from_dict
-from palette.unet import UNet
+from palette.unet import SelfAttention, UNet, perturbed_attention
 
 
 def _diffusers_unet(network, image_size: int) -> UNet2DModel:
@@ -63,3 +63,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         gradients.append(unet.conv_in.weight.grad.clone())
     assert gradients[0].abs().max() > 0
     torch.testing.assert_close(gradients[1], gradients[0])
+
+
+def test_perturbed_attention_makes_each_position_attend_to_itself_and_is_undone_after():
+    torch.manual_seed(0)
+    attention = SelfAttention(8, head_channels=4, groups=None).double()
+    x = torch.randn(2, 8, 3, 5, dtype=torch.float64)
+    before = attention(x)
+    h = x.flatten(2).transpose(1, 2)
+    identity_map = x + attention.to_out[0](attention.to_v(h)).transpose(1, 2).reshape(x.shape)
+    with perturbed_attention(attention):
+        torch.testing.assert_close(attention(x), identity_map, rtol=1e-12, atol=1e-12)
+    assert (before - identity_map).abs().mean() > 1e-3  # the perturbation changes the output
+    torch.testing.assert_close(attention(x), before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="has none"):
+        with perturbed_attention(torch.nn.Linear(2, 2)):
+            pass

@@ -124,6 +124,10 @@ class TrainConfig:
     init_from: str = ""
 
 
+# Beyond a few, guidance only oversaturates (MODEL_CARD.md); a typo like 20 would return noise.
+MAX_GUIDANCE = 10
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """The default sampler used by `palette sample` and the preview grids."""
@@ -132,10 +136,18 @@ class SamplingConfig:
     steps: int = 20
     # Per task name, the steps that replace `steps` for that task (chosen on validation data; MODEL_CARD.md).
     task_steps: dict[str, int] = field(default_factory=dict)
+    # Perturbed-attention guidance weight w (unet.perturbed_attention): the x0 estimate is weak + w (full - weak);
+    # 1 is off and costs one network call per step, any other weight two.
+    guidance: float = 1.0
+    task_guidance: dict[str, float] = field(default_factory=dict)
 
     def steps_for(self, task: str | None) -> int:
         """The default number of sampling steps for `task` (None: the model-wide default)."""
         return self.task_steps.get(task, self.steps) if task is not None else self.steps
+
+    def guidance_for(self, task: str | None) -> float:
+        """The default guidance weight for `task` (None: the model-wide default)."""
+        return self.task_guidance.get(task, self.guidance) if task is not None else self.guidance
 
 
 @dataclass(frozen=True)
@@ -252,21 +264,26 @@ def _validate(config: Config) -> Config:
     from .tasks import TASKS  # the registry is the one list of task names; imported here, not at start-up
 
     tasks = tuple(TASKS)
+    per_task = {"data.tasks": config.data.tasks, "sampling.task_steps": config.sampling.task_steps,
+                "sampling.task_guidance": config.sampling.task_guidance,
+                "diffusion.residual_scale": config.diffusion.residual_scale}
+    for key, values in per_task.items():
+        for name in values:
+            if name not in tasks:
+                raise ConfigError(f"{key}: unknown task {name!r}; expected some of {', '.join(tasks)}")
     for name, weight in config.data.tasks.items():
-        if name not in tasks:
-            raise ConfigError(f"data.tasks: unknown task {name!r}; expected some of {', '.join(tasks)}")
         if weight < 0:
             raise ConfigError(f"data.tasks.{name}: weight must be >= 0, got {weight}")
     if not config.data.tasks or sum(config.data.tasks.values()) <= 0:
         raise ConfigError("data.tasks: give at least one task with a positive weight")
     for name, steps in config.sampling.task_steps.items():
-        if name not in tasks:
-            raise ConfigError(f"sampling.task_steps: unknown task {name!r}; expected some of {', '.join(tasks)}")
         if not 1 <= steps <= 1000:
             raise ConfigError(f"sampling.task_steps.{name}: must be from 1 to 1000, got {steps}")
+    for key, weight in [("guidance", config.sampling.guidance),
+                        *((f"task_guidance.{name}", w) for name, w in config.sampling.task_guidance.items())]:
+        if not 1 <= weight <= MAX_GUIDANCE:
+            raise ConfigError(f"sampling.{key}: must be from 1 (off) to {MAX_GUIDANCE}, got {weight}")
     for name, factor in config.diffusion.residual_scale.items():
-        if name not in tasks:
-            raise ConfigError(f"diffusion.residual_scale: unknown task {name!r}; expected some of {', '.join(tasks)}")
         if factor <= 0:
             raise ConfigError(f"diffusion.residual_scale.{name}: must be > 0, got {factor}")
     size = config.data.image_size

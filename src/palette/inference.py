@@ -30,6 +30,7 @@ from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, ru
 from .shards import rank_slice
 from .tasks import Task, get_task, source_estimate
 from .tiling import Preview, TiledNetwork, TileGrid
+from .unet import perturbed_attention
 
 
 @dataclass
@@ -60,19 +61,24 @@ Precision = Literal["fp32", "bf16"]
 
 def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor, offset: torch.Tensor,
                   finish: Callable[[torch.Tensor], torch.Tensor], precision: Precision = "fp32",
-                  scale: float = 1.0) -> Denoiser:
+                  scale: float = 1.0, guidance: float = 1.0) -> Denoiser:
     """Turn the network's eps or v output into an x0 prediction whose image, offset + x0 / scale, is finished.
 
     `offset` is the source estimate of a residual model, else zeros, and `scale` the task's residual scale
     (DiffusionConfig.residual_scale); `finish` makes an image agree with
     the input and clips it to [-1, 1], as SR3 and Palette clip the estimate. Sampling runs in float32 unless
-    asked: with eps-prediction a bf16 error is amplified by up to 1/sqrt(gamma) in x0.
+    asked: with eps-prediction a bf16 error is amplified by up to 1/sqrt(gamma) in x0. With `guidance` w != 1
+    the output is weak + w (output - weak), weak being the network with perturbed attention (SamplingConfig).
     """
     objective = config.diffusion.objective
 
     def denoise(noisy: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
         with autocast(precision, condition.device):
             output = net(noisy, noise_level, condition).float()
+            if guidance != 1:
+                with perturbed_attention(net):
+                    weak = net(noisy, noise_level, condition).float()
+                output = weak + guidance * (output - weak)
         clean = x0_from_eps(noisy, noise_level, output) if objective == "eps" else x0_from_v(noisy, noise_level, output)
         return (finish(offset + clean / scale) - offset) * scale
 
@@ -108,10 +114,11 @@ def derive_seed(seed: int, *names: str) -> int:
 def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: str | None = None,
             steps: int | None = None, seed: int | Sequence[int] = 0, callback: StepCallback | None = None,
             task: Task | None = None, precision: Precision = "fp32", init: torch.Tensor | None = None,
-            strength: float = 1.0) -> torch.Tensor:
+            strength: float = 1.0, guidance: float | None = None) -> torch.Tensor:
     """Restore a batch: condition [N,3,H,W], mask [N,1,H,W] (1 = generate) -> images [N,3,H,W] in [-1,1].
 
     `seed` is one seed per sample, or one int from which each sample's is derived by its position.
+    `steps` and `guidance` default to the model's for `task` (SamplingConfig).
     With `task`, every estimate is made to agree with what the input fixes (Task.keep_input).
     `callback` sees x_t and the x0 prediction as images, also for a residual model. With `init` [N,3,H,W],
     sampling starts from it re-noised `strength` of the way (SDEdit, Meng et al. 2022) and runs that share of
@@ -119,8 +126,10 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     """
     config = model.config
     sampler = sampler or config.sampling.sampler
-    steps = config.sampling.steps_for(task.name if task is not None else None) if steps is None else steps
-    check_sampling(sampler, steps)
+    task_name = task.name if task is not None else None
+    steps = config.sampling.steps_for(task_name) if steps is None else steps
+    guidance = config.sampling.guidance_for(task_name) if guidance is None else guidance
+    check_sampling(sampler, steps, guidance)
     condition, mask = condition.to(model.device), mask.to(model.device)
 
     def finish(image: torch.Tensor) -> torch.Tensor:
@@ -139,7 +148,7 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
         residual = regression_output(model.net, network_condition)
     else:
         scheduler = make_scheduler(sampler, config.diffusion, steps)
-        denoise = make_denoiser(model.net, config, network_condition, offset, finish, precision, scale)
+        denoise = make_denoiser(model.net, config, network_condition, offset, finish, precision, scale, guidance)
         as_images = None if callback is None else \
             lambda index, x, predicted: callback(index, offset + x / scale, offset + predicted / scale)
         residual = run_sampler(denoise, scheduler, condition.shape,
@@ -169,6 +178,7 @@ class TaskSampler:
     precision: Precision = "fp32"
     tile_batch: int = 8
     progress: bool = True
+    guidance: float | None = None
 
     def sample(self, image: torch.Tensor, mask: torch.Tensor | None, grid: TileGrid, label: str,
                init: torch.Tensor | None = None, strength: float = 1.0,
@@ -179,7 +189,9 @@ class TaskSampler:
         degraded = self.task.condition_from_input(image, mask, np.random.default_rng(seed))
         config = self.model.config
         steps = config.sampling.steps_for(self.task.name) if self.steps is None else self.steps
-        calls = 1 if config.diffusion.objective == "regression" else steps - sdedit_start_step(steps, strength)
+        guidance = config.sampling.guidance_for(self.task.name) if self.guidance is None else self.guidance
+        calls = 1 if config.diffusion.objective == "regression" else \
+            (steps - sdedit_start_step(steps, strength)) * (1 if guidance == 1 else 2)
         net = TiledNetwork(self.model.net, grid, size_multiple(config), active=degraded.mask[None] > 0.5,
                            batch_size=self.tile_batch)
         tiles = len(net.layout(1, *image.shape[1:])[2])
@@ -189,7 +201,8 @@ class TaskSampler:
             net.on_tiles = bar.update
             restored = restore(Model(net, config, self.model.device), degraded.condition[None], degraded.mask[None],
                                sampler=self.sampler, steps=steps, seed=[seed], callback=callback, task=self.task,
-                               precision=self.precision, init=None if init is None else init[None], strength=strength)
+                               precision=self.precision, init=None if init is None else init[None], strength=strength,
+                               guidance=guidance)
         return restored[0].cpu()
 
     def finish(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
@@ -200,14 +213,14 @@ class TaskSampler:
 def restore_image(model: Model, task: Task, image: torch.Tensor, mask: torch.Tensor | None = None,
                   sampler: str | None = None, steps: int | None = None, seed: int = 0, precision: Precision = "fp32",
                   progress: bool = True, preview: Preview | None = None, tile: int | None = None,
-                  overlap: int | None = None, tile_batch: int = 8) -> torch.Tensor:
+                  overlap: int | None = None, tile_batch: int = 8, guidance: float | None = None) -> torch.Tensor:
     """Restore one user image [3, H, W] (mask [1, H, W], 1 = generate) at its own size -> [3, H, W] in [-1, 1].
 
     The task's full-size strategy (Task.full_size: tiles, a small view, or windows coarse to fine) decides how;
     each piece it samples is seeded from (seed, the piece's label). `preview` gets the coarse result first.
     `tile` and `overlap` override the strategy's tile grid; `tile_batch` tiles go through the network at once.
     """
-    check_sampling(sampler, steps)
+    check_sampling(sampler, steps, guidance)
     image = image.float().cpu()
     task.check_input(image, mask)  # a missing, misshapen or full mask fails before any sampling
     strategy = task.full_size
@@ -215,7 +228,7 @@ def restore_image(model: Model, task: Task, image: torch.Tensor, mask: torch.Ten
         grid = replace(strategy.grid, tile=strategy.grid.tile if tile is None else tile,
                        overlap=strategy.grid.overlap if overlap is None else overlap)
         strategy = replace(strategy, grid=grid)
-    pieces = TaskSampler(model, task, sampler, steps, seed, precision, tile_batch, progress)
+    pieces = TaskSampler(model, task, sampler, steps, seed, precision, tile_batch, progress, guidance)
     restored = strategy.restore(pieces, image, mask, preview)
     return torch.where(mask > 0.5, restored, image) if task.has_known_region else restored
 
@@ -300,7 +313,8 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
                   mask: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
                   num_samples: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
                   precision: Precision = "fp32", progress: bool = True, preview: str | Path | None = None,
-                  tile: int | None = None, overlap: int | None = None, overwrite: bool = False) -> list[Path]:
+                  tile: int | None = None, overlap: int | None = None, overwrite: bool = False,
+                  guidance: float | None = None) -> list[Path]:
     """Restore every image in `input` (a file or folder) at its own size; write `output/<stem>.png` (or `<stem>_<k>.png`).
 
     Sample k of an image is seeded from (seed, file name, k), so it does not depend on the other files in the
@@ -313,7 +327,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
 
     # Fail on bad options before loading anything.
     task_to_run = get_task(task)
-    check_sampling(sampler, steps)
+    check_sampling(sampler, steps, guidance)
     for flag, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
@@ -354,7 +368,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
             restored = restore_image(model, task_to_run, image, image_mask, sampler=sampler, steps=steps,
                                      seed=derive_seed(seed, path.name, str(k)), precision=precision,
                                      progress=progress, preview=show, tile=tile, overlap=overlap,
-                                     tile_batch=batch_size)
+                                     tile_batch=batch_size, guidance=guidance)
             save_image(restored, output / name)
             written.append(output / name)
     if skipped:

@@ -15,7 +15,7 @@ from typing import Any, Protocol, get_args
 import numpy as np
 import torch
 
-from .config import DiffusionConfig, SamplerName
+from .config import MAX_GUIDANCE, DiffusionConfig, SamplerName
 from .diffusion import linear_betas, noise_levels, paste_known, training_noise_levels
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -110,12 +110,14 @@ class DPMSolverMultistep:
         return (x,)
 
 
-def check_sampling(sampler: str | None, steps: int | None) -> None:
+def check_sampling(sampler: str | None, steps: int | None, guidance: float | None = None) -> None:
     """Raise ValueError naming the flag and what is allowed; None means "the model's default" and passes."""
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"--sampler: unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
         raise ValueError(f"--steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+    if guidance is not None and not 1 <= guidance <= MAX_GUIDANCE:
+        raise ValueError(f"--guidance must be from 1 (off) to {MAX_GUIDANCE}, got {guidance!r}")
 
 
 def trained_betas(diffusion: DiffusionConfig) -> np.ndarray:

@@ -12,6 +12,8 @@ ourselves because importing diffusers costs about 2.8 s (torch._dynamo and scipy
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -89,6 +91,7 @@ class SelfAttention(nn.Module):
         self.to_k = nn.Linear(channels, inner)
         self.to_v = nn.Linear(channels, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, channels)])
+        self.perturbed = False  # see perturbed_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -98,8 +101,28 @@ class SelfAttention(nn.Module):
         h = h.transpose(1, 2)
         q, k, v = (project(h).view(batch, -1, self.heads, self.head_channels).transpose(1, 2)
                    for project in (self.to_q, self.to_k, self.to_v))
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        out = v if self.perturbed else F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).flatten(2)
         return x + self.to_out[0](out).transpose(1, 2).reshape(batch, channels, height, width)
+
+
+@contextmanager
+def perturbed_attention(net: nn.Module) -> Iterator[None]:
+    """Within the block every self-attention of `net` attends each position to itself only (its map is the identity).
+
+    That is the weak model of perturbed-attention guidance (Ahn et al. 2024): the same weights without
+    their global structure, so guiding away from it needs no second network.
+    """
+    layers = [module for module in net.modules() if isinstance(module, SelfAttention)]
+    if not layers:
+        raise ValueError("guidance perturbs self-attention, and this network has none")
+    for layer in layers:
+        layer.perturbed = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.perturbed = False
 
 
 class DownBlock(nn.Module):
