@@ -129,3 +129,12 @@ def test_guidance_weights_are_checked_per_task():
         config_from_dict({"sampling": {"guidance": 11}})
     with pytest.raises(ConfigError, match="sampling.task_guidance: unknown task 'deblur'"):
         config_from_dict({"sampling": {"task_guidance": {"deblur": 2}}})
+
+
+def test_sdedit_strengths_are_checked_per_task():
+    sampling = config_from_dict({"sampling": {"task_strength": {"inpainting": 0.25}}}).sampling
+    assert (sampling.strength_for("inpainting"), sampling.strength_for("jpeg")) == (0.25, 1.0)
+    with pytest.raises(ConfigError, match=r"sampling.task_strength.inpainting: must be in \(0, 1\], got 0"):
+        config_from_dict({"sampling": {"task_strength": {"inpainting": 0}}})
+    with pytest.raises(ConfigError, match="sampling.strength: must be in"):
+        config_from_dict({"sampling": {"strength": 1.5}})

@@ -12,7 +12,7 @@ from palette.config import config_from_dict
 from palette.diffusion import v_target
 from palette.inference import Model, derive_seed, make_denoiser, restore, sample_folder
 from palette.samplers import SAMPLERS
-from palette.tasks import get_task
+from palette.tasks import get_task, source_estimate
 from palette.unet import SelfAttention
 
 from conftest import save_tiny_model, tiny_values
@@ -100,6 +100,7 @@ def test_sample_folder_output_does_not_depend_on_batch_size_or_neighbours(tmp_pa
     ("batch_size", 0, "--batch-size must be a positive integer"),
     ("sampler", "euler", "--sampler: unknown sampler 'euler'"),
     ("guidance", 0.5, "--guidance must be from 1"),
+    ("strength", 0, "--strength must be in"),
 ])
 def test_bad_sampling_options_fail_before_the_model_loads(tmp_path, flag, value, message):
     # The checkpoint does not exist: an error about it would mean the model was loaded first.
@@ -228,3 +229,23 @@ def test_guidance_extrapolates_away_from_the_perturbed_network(guidance):
     with pytest.raises(ValueError, match="--guidance must be from 1"):
         restore(Model(net, config, torch.device("cpu")), torch.zeros(1, 3, 4, 4), torch.ones(1, 1, 4, 4),
                 task=get_task("colorization"), guidance=0.5)
+
+
+def test_a_task_strength_below_one_starts_from_the_input_estimate_and_runs_that_share_of_the_steps():
+    clean = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    model = _model("v", clean, residual=True)
+    sampling = replace(model.config.sampling, steps=20, task_strength={"inpainting": 0.25})
+    model = Model(model.net, replace(model.config, sampling=sampling), model.device)
+    task = get_task("inpainting")
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    condition = torch.where(mask > 0.5, 0.0, clean)
+    calls = []
+    model.net.register_forward_hook(lambda module, args, output: calls.append(1))
+    output = restore(model, condition, mask, task=task, seed=3)
+    assert len(calls) == 5  # round(0.25 * 20)
+    explicit = restore(model, condition, mask, task=task, seed=3, init=source_estimate(condition, mask), strength=0.25)
+    assert torch.equal(output, explicit)
+    assert torch.allclose(output, clean, atol=2e-3)  # the ideal denoiser still lands on the clean image
+    restore(model, condition, mask, task=task, seed=3, strength=1.0)
+    assert len(calls) == 5 + 5 + 20

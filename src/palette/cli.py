@@ -54,7 +54,7 @@ def _sample(args: argparse.Namespace) -> None:
                             steps=args.steps, num_samples=args.num_samples, seed=args.seed,
                             batch_size=args.batch_size, device=args.device, precision=args.precision,
                             preview=args.preview, tile=args.tile, overlap=args.overlap, overwrite=args.overwrite,
-                            guidance=args.guidance)
+                            guidance=args.guidance, strength=args.strength)
     print(f"wrote {len(written)} image(s) to {args.output}")
 
 
@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, help="sampling steps, 1 to 1000 (default: the model's configured steps)")
     sample.add_argument("--guidance", type=float,
                         help="perturbed-attention guidance weight, 1 (off) to 10 (default: the model's for the task)")
+    sample.add_argument("--strength", type=float,
+                        help="start from the input's own estimate re-noised this share of the way, in (0, 1]; "
+                             "1 starts from pure noise (default: the model's for the task)")
     sample.add_argument("--num-samples", type=int, default=1, help="samples per input, written as <stem>_<k>.png")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=8, help="tiles per network call (default: 8)")

@@ -130,16 +130,20 @@ MAX_GUIDANCE = 10
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """The default sampler used by `palette sample` and the preview grids."""
+    """The default sampler used by `palette sample` and the preview grids; each task_* dict overrides its default
+    for the tasks it names (chosen on validation data; MODEL_CARD.md)."""
 
     sampler: SamplerName = "dpmpp"
     steps: int = 20
-    # Per task name, the steps that replace `steps` for that task (chosen on validation data; MODEL_CARD.md).
     task_steps: dict[str, int] = field(default_factory=dict)
     # Perturbed-attention guidance weight w (unet.perturbed_attention): the x0 estimate is weak + w (full - weak);
     # 1 is off and costs one network call per step, any other weight two.
     guidance: float = 1.0
     task_guidance: dict[str, float] = field(default_factory=dict)
+    # Below 1, sampling starts from the input's own estimate (source_estimate) re-noised this share of the way and
+    # runs this share of the steps (SDEdit, Meng et al. 2022); 1 starts from pure noise.
+    strength: float = 1.0
+    task_strength: dict[str, float] = field(default_factory=dict)
 
     def steps_for(self, task: str | None) -> int:
         """The default number of sampling steps for `task` (None: the model-wide default)."""
@@ -148,6 +152,10 @@ class SamplingConfig:
     def guidance_for(self, task: str | None) -> float:
         """The default guidance weight for `task` (None: the model-wide default)."""
         return self.task_guidance.get(task, self.guidance) if task is not None else self.guidance
+
+    def strength_for(self, task: str | None) -> float:
+        """The default SDEdit strength for `task` (None: the model-wide default)."""
+        return self.task_strength.get(task, self.strength) if task is not None else self.strength
 
 
 @dataclass(frozen=True)
@@ -266,6 +274,7 @@ def _validate(config: Config) -> Config:
     tasks = tuple(TASKS)
     per_task = {"data.tasks": config.data.tasks, "sampling.task_steps": config.sampling.task_steps,
                 "sampling.task_guidance": config.sampling.task_guidance,
+                "sampling.task_strength": config.sampling.task_strength,
                 "diffusion.residual_scale": config.diffusion.residual_scale}
     for key, values in per_task.items():
         for name in values:
@@ -279,10 +288,15 @@ def _validate(config: Config) -> Config:
     for name, steps in config.sampling.task_steps.items():
         if not 1 <= steps <= 1000:
             raise ConfigError(f"sampling.task_steps.{name}: must be from 1 to 1000, got {steps}")
-    for key, weight in [("guidance", config.sampling.guidance),
-                        *((f"task_guidance.{name}", w) for name, w in config.sampling.task_guidance.items())]:
+    sampling = config.sampling
+    weights = {"guidance": sampling.guidance, **{f"task_guidance.{n}": w for n, w in sampling.task_guidance.items()}}
+    for key, weight in weights.items():
         if not 1 <= weight <= MAX_GUIDANCE:
             raise ConfigError(f"sampling.{key}: must be from 1 (off) to {MAX_GUIDANCE}, got {weight}")
+    shares = {"strength": sampling.strength, **{f"task_strength.{n}": v for n, v in sampling.task_strength.items()}}
+    for key, share in shares.items():
+        if not 0 < share <= 1:
+            raise ConfigError(f"sampling.{key}: must be in (0, 1], got {share}")
     for name, factor in config.diffusion.residual_scale.items():
         if factor <= 0:
             raise ConfigError(f"diffusion.residual_scale.{name}: must be > 0, got {factor}")

@@ -114,23 +114,27 @@ def derive_seed(seed: int, *names: str) -> int:
 def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: str | None = None,
             steps: int | None = None, seed: int | Sequence[int] = 0, callback: StepCallback | None = None,
             task: Task | None = None, precision: Precision = "fp32", init: torch.Tensor | None = None,
-            strength: float = 1.0, guidance: float | None = None) -> torch.Tensor:
+            strength: float | None = None, guidance: float | None = None) -> torch.Tensor:
     """Restore a batch: condition [N,3,H,W], mask [N,1,H,W] (1 = generate) -> images [N,3,H,W] in [-1,1].
 
     `seed` is one seed per sample, or one int from which each sample's is derived by its position.
-    `steps` and `guidance` default to the model's for `task` (SamplingConfig).
+    `steps`, `guidance` and `strength` default to the model's for `task` (SamplingConfig).
     With `task`, every estimate is made to agree with what the input fixes (Task.keep_input).
     `callback` sees x_t and the x0 prediction as images, also for a residual model. With `init` [N,3,H,W],
     sampling starts from it re-noised `strength` of the way (SDEdit, Meng et al. 2022) and runs that share of
     the steps; a residual model then adds its output to `init` (known pixels pasted), its best estimate so far.
+    Without `init`, a strength below 1 starts from the input's own estimate (source_estimate).
     """
     config = model.config
     sampler = sampler or config.sampling.sampler
     task_name = task.name if task is not None else None
     steps = config.sampling.steps_for(task_name) if steps is None else steps
     guidance = config.sampling.guidance_for(task_name) if guidance is None else guidance
-    check_sampling(sampler, steps, guidance)
+    strength = config.sampling.strength_for(task_name) if strength is None else strength
+    check_sampling(sampler, steps, guidance, strength)
     condition, mask = condition.to(model.device), mask.to(model.device)
+    if init is None and strength < 1:
+        init = source_estimate(condition, mask)
 
     def finish(image: torch.Tensor) -> torch.Tensor:
         return (image if task is None else task.keep_input(image, condition)).clamp(-1, 1)
@@ -179,9 +183,10 @@ class TaskSampler:
     tile_batch: int = 8
     progress: bool = True
     guidance: float | None = None
+    strength: float | None = None  # where a strategy passes none: None is the model's default for the task
 
     def sample(self, image: torch.Tensor, mask: torch.Tensor | None, grid: TileGrid, label: str,
-               init: torch.Tensor | None = None, strength: float = 1.0,
+               init: torch.Tensor | None = None, strength: float | None = None,
                on_estimate: Preview | None = None) -> torch.Tensor:
         from tqdm import tqdm
 
@@ -190,6 +195,8 @@ class TaskSampler:
         config = self.model.config
         steps = config.sampling.steps_for(self.task.name) if self.steps is None else self.steps
         guidance = config.sampling.guidance_for(self.task.name) if self.guidance is None else self.guidance
+        if strength is None:
+            strength = config.sampling.strength_for(self.task.name) if self.strength is None else self.strength
         calls = 1 if config.diffusion.objective == "regression" else \
             (steps - sdedit_start_step(steps, strength)) * (1 if guidance == 1 else 2)
         net = TiledNetwork(self.model.net, grid, size_multiple(config), active=degraded.mask[None] > 0.5,
@@ -213,14 +220,16 @@ class TaskSampler:
 def restore_image(model: Model, task: Task, image: torch.Tensor, mask: torch.Tensor | None = None,
                   sampler: str | None = None, steps: int | None = None, seed: int = 0, precision: Precision = "fp32",
                   progress: bool = True, preview: Preview | None = None, tile: int | None = None,
-                  overlap: int | None = None, tile_batch: int = 8, guidance: float | None = None) -> torch.Tensor:
+                  overlap: int | None = None, tile_batch: int = 8, guidance: float | None = None,
+                  strength: float | None = None) -> torch.Tensor:
     """Restore one user image [3, H, W] (mask [1, H, W], 1 = generate) at its own size -> [3, H, W] in [-1, 1].
 
     The task's full-size strategy (Task.full_size: tiles, a small view, or windows coarse to fine) decides how;
     each piece it samples is seeded from (seed, the piece's label). `preview` gets the coarse result first.
     `tile` and `overlap` override the strategy's tile grid; `tile_batch` tiles go through the network at once.
+    `guidance` and `strength` override the model's defaults (SamplingConfig) where the strategy starts a sample.
     """
-    check_sampling(sampler, steps, guidance)
+    check_sampling(sampler, steps, guidance, strength)
     image = image.float().cpu()
     task.check_input(image, mask)  # a missing, misshapen or full mask fails before any sampling
     strategy = task.full_size
@@ -228,7 +237,7 @@ def restore_image(model: Model, task: Task, image: torch.Tensor, mask: torch.Ten
         grid = replace(strategy.grid, tile=strategy.grid.tile if tile is None else tile,
                        overlap=strategy.grid.overlap if overlap is None else overlap)
         strategy = replace(strategy, grid=grid)
-    pieces = TaskSampler(model, task, sampler, steps, seed, precision, tile_batch, progress, guidance)
+    pieces = TaskSampler(model, task, sampler, steps, seed, precision, tile_batch, progress, guidance, strength)
     restored = strategy.restore(pieces, image, mask, preview)
     return torch.where(mask > 0.5, restored, image) if task.has_known_region else restored
 
@@ -314,7 +323,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
                   num_samples: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
                   precision: Precision = "fp32", progress: bool = True, preview: str | Path | None = None,
                   tile: int | None = None, overlap: int | None = None, overwrite: bool = False,
-                  guidance: float | None = None) -> list[Path]:
+                  guidance: float | None = None, strength: float | None = None) -> list[Path]:
     """Restore every image in `input` (a file or folder) at its own size; write `output/<stem>.png` (or `<stem>_<k>.png`).
 
     Sample k of an image is seeded from (seed, file name, k), so it does not depend on the other files in the
@@ -327,7 +336,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
 
     # Fail on bad options before loading anything.
     task_to_run = get_task(task)
-    check_sampling(sampler, steps, guidance)
+    check_sampling(sampler, steps, guidance, strength)
     for flag, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
@@ -368,7 +377,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
             restored = restore_image(model, task_to_run, image, image_mask, sampler=sampler, steps=steps,
                                      seed=derive_seed(seed, path.name, str(k)), precision=precision,
                                      progress=progress, preview=show, tile=tile, overlap=overlap,
-                                     tile_batch=batch_size, guidance=guidance)
+                                     tile_batch=batch_size, guidance=guidance, strength=strength)
             save_image(restored, output / name)
             written.append(output / name)
     if skipped:

@@ -110,7 +110,8 @@ class DPMSolverMultistep:
         return (x,)
 
 
-def check_sampling(sampler: str | None, steps: int | None, guidance: float | None = None) -> None:
+def check_sampling(sampler: str | None, steps: int | None, guidance: float | None = None,
+                   strength: float | None = None) -> None:
     """Raise ValueError naming the flag and what is allowed; None means "the model's default" and passes."""
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"--sampler: unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -118,6 +119,8 @@ def check_sampling(sampler: str | None, steps: int | None, guidance: float | Non
         raise ValueError(f"--steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
     if guidance is not None and not 1 <= guidance <= MAX_GUIDANCE:
         raise ValueError(f"--guidance must be from 1 (off) to {MAX_GUIDANCE}, got {guidance!r}")
+    if strength is not None and not 0 < strength <= 1:
+        raise ValueError(f"--strength must be in (0, 1] (1: from pure noise), got {strength!r}")
 
 
 def trained_betas(diffusion: DiffusionConfig) -> np.ndarray:

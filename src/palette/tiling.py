@@ -43,11 +43,12 @@ class WindowSampler(Protocol):
     """What a strategy needs from a model and a task: sample one piece, and make an image agree with the input."""
 
     def sample(self, image: torch.Tensor, mask: torch.Tensor | None, grid: TileGrid, label: str,
-               init: torch.Tensor | None = None, strength: float = 1.0,
+               init: torch.Tensor | None = None, strength: float | None = None,
                on_estimate: Preview | None = None) -> torch.Tensor:
         """The user's image [3, h, w] (mask [1, h, w], 1 = generate) restored at its size, tiled on `grid`.
 
-        With `init`, sampling starts from it re-noised `strength` of the way (SDEdit). `label` names the piece
+        With `init`, sampling starts from it re-noised `strength` of the way (SDEdit; None: the model's default
+        for the task, which may start from the input's own estimate without `init`). `label` names the piece
         (its seed derives from it) and `on_estimate` sees the first full estimate.
         """
 
