@@ -88,11 +88,11 @@ def served(tmp_path_factory):
             _contacts = None
 
 
-def _restore(client, photo: Path, task: str, drawing=None, samples: int = 2):
+def _restore(client, photo: Path, task: str, drawing=None, samples: int = 2, steps: int | None = OPTIONS["steps"]):
     from gradio_client import handle_file
 
     return client.predict(handle_file(str(photo)), task, drawing, *SIDES.values(), OPTIONS["sampler"],
-                          OPTIONS["steps"], OPTIONS["seed"], samples, api_name="/restore")
+                          steps, OPTIONS["seed"], samples, api_name="/restore")
 
 
 def _pixels(path: str | Path) -> np.ndarray:
@@ -202,10 +202,25 @@ def test_a_file_over_50_MB_is_refused(served, tmp_path, monkeypatch):
         read_upload(big)  # and the handler, should a file reach it another way
 
 
+def test_empty_steps_sample_with_the_models_steps_for_the_task(served, tmp_path):
+    from palette.inference import sample_folder
+
+    client, checkpoint, *_ = served
+    photo = write_photo(tmp_path / "photo.png")
+    (_, after), *_ = _restore(client, photo, "jpeg", samples=1, steps=None)
+    options = dict(OPTIONS, steps=None)
+    written = sample_folder(checkpoint, "jpeg", photo, tmp_path / "cli", device="cpu", progress=False, **options)
+    np.testing.assert_array_equal(_pixels(after), _pixels(written[0]))
+    stepped = sample_folder(checkpoint, "jpeg", photo, tmp_path / "cli2", device="cpu", progress=False,
+                            **dict(OPTIONS, steps=1))
+    assert not np.array_equal(_pixels(after), _pixels(stepped[0]))  # so the default was not one step
+
+
 def test_the_defaults_are_the_models_sampling_config(served):
     *_, app, _ = served
     values = {block.label: getattr(block, "value", None) for block in app.blocks.values() if hasattr(block, "label")}
-    assert (values["Sampler"], values["Steps"]) == ("ddim", 4)  # tiny_values' sampling, not gradio's defaults
+    assert values["Sampler"] == "ddim"  # tiny_values' sampling, not gradio's default
+    assert values["Steps"] is None  # empty: each task samples with the model's own steps for it
     assert values["Task"] == next(iter(TASKS))
 
 

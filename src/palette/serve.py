@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import SamplingConfig
 from .imageio import load_image, save_image
 from .inference import Model, derive_seed, extend_image, restore_image
 from .samplers import MAX_STEPS, SAMPLERS
@@ -229,7 +230,9 @@ def build_app(model: Model, output_dir: str | Path | None = None) -> Any:
                                              label=f"{side} (px)") for side in SIDE_NAMES]
                 with gr.Accordion("Advanced", open=False):
                     sampler = gr.Dropdown(list(SAMPLERS), value=sampling.sampler, label="Sampler")
-                    steps = gr.Number(value=sampling.steps, precision=0, minimum=1, maximum=MAX_STEPS, label="Steps")
+                    # Empty: the model's steps for the task (SamplingConfig.task_steps), which one number cannot show.
+                    steps = gr.Number(value=None, precision=0, minimum=1, maximum=MAX_STEPS, label="Steps",
+                                      placeholder=f"the model's for the task ({_steps_by_task(sampling)})")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                     samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Samples")
                 button = gr.Button("Run", variant="primary", elem_id="run")
@@ -247,6 +250,10 @@ def build_app(model: Model, output_dir: str | Path | None = None) -> Any:
         button.click(run, [photo, task, drawing, *side_inputs, sampler, steps, seed, samples],
                      [comparison, gallery, files, notes], api_name="restore")
     return app
+
+
+def _steps_by_task(sampling: SamplingConfig) -> str:
+    return ", ".join(f"{name} {sampling.steps_for(name)}" for name in TASKS)
 
 
 def _whole(value: float | None, name: str) -> int | None:
