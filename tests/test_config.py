@@ -134,6 +134,11 @@ def test_guidance_weights_are_checked_per_task():
 def test_sdedit_strengths_are_checked_per_task():
     sampling = config_from_dict({"sampling": {"task_strength": {"inpainting": 0.25}}}).sampling
     assert (sampling.strength_for("inpainting"), sampling.strength_for("jpeg")) == (0.25, 1.0)
+    guided = config_from_dict({"sampling": {"task_strength": {"inpainting": 0.2},
+                                            "task_guidance": {"inpainting": 1.5}}}).sampling
+    assert guided.describe("inpainting") == "20 steps from its estimate re-noised 20%, guidance 1.5"
+    assert guided.describe("jpeg") == "20 steps"
+    assert config_from_dict({"sampling": {"steps": 1}}).sampling.describe(None) == "1 step"
     with pytest.raises(ConfigError, match=r"sampling.task_strength.inpainting: must be in \(0, 1\], got 0"):
         config_from_dict({"sampling": {"task_strength": {"inpainting": 0}}})
     with pytest.raises(ConfigError, match="sampling.strength: must be in"):

@@ -157,6 +157,12 @@ class SamplingConfig:
         """The default SDEdit strength for `task` (None: the model-wide default)."""
         return self.task_strength.get(task, self.strength) if task is not None else self.strength
 
+    def describe(self, task: str | None) -> str:
+        """The defaults for `task` in words, e.g. "20 steps from its estimate re-noised 20%, guidance 1.5"."""
+        steps, strength, guidance = self.steps_for(task), self.strength_for(task), self.guidance_for(task)
+        start = f" from its estimate re-noised {strength:.0%}" if strength < 1 else ""
+        return f"{steps} step{'s' * (steps != 1)}{start}" + (f", guidance {guidance:g}" if guidance != 1 else "")
+
 
 @dataclass(frozen=True)
 class Config:

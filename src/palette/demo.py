@@ -160,8 +160,8 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
 
     elapsed = time.perf_counter() - start
     sampler = model.config.sampling.sampler
-    used_steps = steps or ", ".join(f"{case.task.label} {model.config.sampling.steps_for(case.task.name)}"
-                                    for case in DEMO_CASES)
+    used_steps = f"{steps} steps" if steps else "; ".join(
+        f"{case.task.label} {model.config.sampling.describe(case.task.name)}" for case in DEMO_CASES)
     page = output / "index.html"
     body = "\n".join(f"<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p><img src=\"{html.escape(file)}\">"
                      for title, file, caption in sections)
@@ -169,7 +169,7 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
         "<!doctype html><meta charset=\"utf-8\"><title>Palette demo</title>"
         "<style>body{font-family:sans-serif;margin:2em}img{image-rendering:pixelated;max-width:100%}</style>"
         f"<h1>Palette demo</h1><p>{len(paths)} image(s) at {size}&times;{size} (and one at its own size), "
-        f"sampler {sampler}, {used_steps} steps, "
+        f"sampler {sampler}, {used_steps}; "
         f"{elapsed:.1f} s on {model.device}.</p>\n{body}\n")
     print(f"demo page: {page.resolve()}")
     for _, file, _ in sections:
