@@ -5,7 +5,7 @@
 Every point trains the default recipe (configs/default-cpu.yaml) from scratch with one change, for as many steps
 as its throughput on this machine, measured first in a short pilot run, fits in the budget. Each quarter of the
 budget is a checkpoint; its EMA weights restore 64 validation crops (the centre and three random crops of each
-validation image) for every set of scripts/validate.sh, with the shipped model's per-task steps. Each row of
+validation image) for every set of scripts/validate.sh, with the shipped model's sampling defaults. Each row of
 OUT/results.jsonl is one (point, checkpoint, set); OUT/sweep.png plots them. A point whose run is complete is
 not trained again, so a stopped sweep goes on where it was. Run it on an otherwise idle machine: the budget is
 wall time.
@@ -33,7 +33,7 @@ from palette.metrics.pixel import colourfulness, psnr
 from palette.tasks import Task, get_task, source_estimate
 from palette.training import train
 
-SHIPPED = "src/palette/assets/palette-multitask-64.safetensors"  # its per-task sampling steps are used
+SHIPPED = "src/palette/assets/palette-multitask-64.safetensors"  # its per-task sampling defaults are used
 # label -> overrides of the default recipe; 32 px crops at half the crop scale see the same pixel scale.
 POINTS = {
     "16 ch, 64 px (default)": [],
@@ -98,8 +98,9 @@ def score(model: Model, clean: torch.Tensor, sets: dict[str, DegradedSet], sampl
     """Scores per set of the model's restorations (`SET/model`) and of the estimate it starts from (`SET/estimate`)."""
     rows = {}
     for name, item in sets.items():
-        output = restore(model, item.condition, item.mask, steps=sampling.steps_for(item.task.name), task=item.task,
-                         seed=0)
+        task_name = item.task.name
+        output = restore(model, item.condition, item.mask, steps=sampling.steps_for(task_name), task=item.task,
+                         seed=0, guidance=sampling.guidance_for(task_name), strength=sampling.strength_for(task_name))
         rows[f"{name}/model"], rows[f"{name}/estimate"] = scores(output, clean), item.estimate
     return rows
 
