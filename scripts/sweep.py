@@ -98,9 +98,9 @@ def score(model: Model, clean: torch.Tensor, sets: dict[str, DegradedSet], sampl
     """Scores per set of the model's restorations (`SET/model`) and of the estimate it starts from (`SET/estimate`)."""
     rows = {}
     for name, item in sets.items():
-        task_name = item.task.name
-        output = restore(model, item.condition, item.mask, steps=sampling.steps_for(task_name), task=item.task,
-                         seed=0, guidance=sampling.guidance_for(task_name), strength=sampling.strength_for(task_name))
+        steps, guidance, strength = sampling.resolve(item.task.name)
+        output = restore(model, item.condition, item.mask, steps=steps, task=item.task, seed=0, guidance=guidance,
+                         strength=strength)
         rows[f"{name}/model"], rows[f"{name}/estimate"] = scores(output, clean), item.estimate
     return rows
 

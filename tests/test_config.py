@@ -134,6 +134,8 @@ def test_guidance_weights_are_checked_per_task():
 def test_sdedit_strengths_are_checked_per_task():
     sampling = config_from_dict({"sampling": {"task_strength": {"inpainting": 0.25}}}).sampling
     assert (sampling.strength_for("inpainting"), sampling.strength_for("jpeg")) == (0.25, 1.0)
+    assert sampling.resolve("inpainting") == (20, 1.0, 0.25)
+    assert sampling.resolve("inpainting", steps=8, guidance=2.0, strength=0.5) == (8, 2.0, 0.5)  # given values win
     guided = config_from_dict({"sampling": {"task_strength": {"inpainting": 0.2},
                                             "task_guidance": {"inpainting": 1.5}}}).sampling
     assert guided.describe("inpainting") == "20 steps from its estimate re-noised 20%, guidance 1.5"

@@ -147,15 +147,26 @@ class SamplingConfig:
 
     def steps_for(self, task: str | None) -> int:
         """The default number of sampling steps for `task` (None: the model-wide default)."""
-        return self.task_steps.get(task, self.steps) if task is not None else self.steps
+        return self._for(task, "steps")
 
     def guidance_for(self, task: str | None) -> float:
         """The default guidance weight for `task` (None: the model-wide default)."""
-        return self.task_guidance.get(task, self.guidance) if task is not None else self.guidance
+        return self._for(task, "guidance")
 
     def strength_for(self, task: str | None) -> float:
         """The default SDEdit strength for `task` (None: the model-wide default)."""
-        return self.task_strength.get(task, self.strength) if task is not None else self.strength
+        return self._for(task, "strength")
+
+    def _for(self, task: str | None, name: str) -> Any:
+        default = getattr(self, name)
+        return getattr(self, f"task_{name}").get(task, default) if task is not None else default
+
+    def resolve(self, task: str | None, steps: int | None = None, guidance: float | None = None,
+                strength: float | None = None) -> tuple[int, float, float]:
+        """(steps, guidance, strength) for `task`: each value given, or where it is None the default for the task."""
+        return (self.steps_for(task) if steps is None else steps,
+                self.guidance_for(task) if guidance is None else guidance,
+                self.strength_for(task) if strength is None else strength)
 
     def describe(self, task: str | None) -> str:
         """The defaults for `task` in words, e.g. "20 steps from its estimate re-noised 20%, guidance 1.5"."""

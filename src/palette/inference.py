@@ -127,10 +127,8 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     """
     config = model.config
     sampler = sampler or config.sampling.sampler
-    task_name = task.name if task is not None else None
-    steps = config.sampling.steps_for(task_name) if steps is None else steps
-    guidance = config.sampling.guidance_for(task_name) if guidance is None else guidance
-    strength = config.sampling.strength_for(task_name) if strength is None else strength
+    steps, guidance, strength = config.sampling.resolve(task.name if task is not None else None, steps, guidance,
+                                                        strength)
     check_sampling(sampler, steps, guidance, strength)
     condition, mask = condition.to(model.device), mask.to(model.device)
     if init is None and strength < 1:
@@ -193,10 +191,8 @@ class TaskSampler:
         seed = derive_seed(self.seed, label)
         degraded = self.task.condition_from_input(image, mask, np.random.default_rng(seed))
         config = self.model.config
-        steps = config.sampling.steps_for(self.task.name) if self.steps is None else self.steps
-        guidance = config.sampling.guidance_for(self.task.name) if self.guidance is None else self.guidance
-        if strength is None:
-            strength = config.sampling.strength_for(self.task.name) if self.strength is None else self.strength
+        steps, guidance, strength = config.sampling.resolve(self.task.name, self.steps, self.guidance,
+                                                            self.strength if strength is None else strength)
         calls = 1 if config.diffusion.objective == "regression" else \
             (steps - sdedit_start_step(steps, strength)) * (1 if guidance == 1 else 2)
         net = TiledNetwork(self.model.net, grid, size_multiple(config), active=degraded.mask[None] > 0.5,
