@@ -210,7 +210,7 @@ def torchrun_workers(launcher: subprocess.Popen) -> dict[int, int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc")
 def test_a_ddp_run_with_a_killed_rank_resumes_to_the_uninterrupted_weights(image_folder, tmp_path):
-    steps = 10
+    steps = 20  # room after the second kill's target, so the job is still training when it is killed
     config = config_file(tmp_path, image_folder, steps=steps, batch_size=2, checkpoint_every=EVERY)
     ddp = lambda: TORCHRUN + ["--nproc_per_node=2", "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
     reference = tmp_path / "reference"
