@@ -51,12 +51,12 @@ def main() -> None:
     options = [parse_option(text) for text in args.option] or [{}]
     model = load_model(args.checkpoint, "cpu")
     clean = validation_crops(args.val)
-    sets = {name: item for name, item in degraded_sets(clean).items() if name in names}
+    sets = degraded_sets(clean)
     print("| option | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     print("| the estimate | " + " | ".join(cell(sets[name].estimate, name == "colorization") for name in names) + " |")
     for option in options:
-        cells = [cell(scores(restore(model, item.condition, item.mask, task=item.task, seed=0, **option), clean),
-                      name == "colorization") for name, item in sets.items()]
+        cells = [cell(scores(restore(model, sets[name].condition, sets[name].mask, task=sets[name].task, seed=0,
+                                     **option), clean), name == "colorization") for name in names]
         label = ", ".join(f"{key} {value}" for key, value in option.items()) or "the model's defaults"
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
