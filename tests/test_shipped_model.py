@@ -57,14 +57,13 @@ def _swd(images, cleans) -> float:
 
 
 def jpeg_margin(model, cleans) -> float:
-    """The restored JPEG (Q = 10) does no harm: PSNR at most 0.1 dB and SWD at most 10% worse than the JPEG's.
+    """The restored JPEG (Q = 10) beats the JPEG: PSNR at least 0.2 dB higher, SWD at most 10% above the JPEG's.
 
-    This guards against a model that damages JPEGs; the shipped model is level with its input (+0.02 dB here),
-    short of the model issue's +0.5 dB (MODEL_CARD.md), so the identity passes this bar too.
+    The shipped model gains 0.39 dB here (MODEL_CARD.md); the identity, an untrained network's output, gains none.
     """
     condition, _, output = _run(model, get_task("jpeg", quality=10), cleans)
     input_swd = _swd(condition, cleans)
-    psnr_margin = _psnr(output, cleans) - _psnr(condition, cleans) + 0.1
+    psnr_margin = _psnr(output, cleans) - _psnr(condition, cleans) - 0.2
     return min(psnr_margin, (1.1 * input_swd - _swd(output, cleans)) / input_swd)
 
 
@@ -91,10 +90,9 @@ def test_the_shipped_model_passes_the_bar(model, cleans, name):
     assert MARGINS[name](model, cleans) > 0
 
 
-# An untrained network as the trainer initialises it returns its input's estimate (zero output layer): the
-# identity, which the JPEG bar lets pass (see jpeg_margin). With a random output layer it fails every bar.
-UNTRAINED = [(name, "random") for name in MARGINS] + [(name, "as initialised (zero)") for name in MARGINS
-                                                      if name != "jpeg"]
+# An untrained network as the trainer initialises it returns its input's estimate (zero output layer), the
+# identity; with a random output layer it adds noise. Either fails every bar.
+UNTRAINED = [(name, layer) for name in MARGINS for layer in ("random", "as initialised (zero)")]
 
 
 @pytest.mark.parametrize("name, output_layer", UNTRAINED)
