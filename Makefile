@@ -22,15 +22,16 @@ test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
 
 # Training of the shipped default model, in resumable chunks at low priority (MODEL_CARD.md). The first chunk of a
-# fresh clone starts from the committed model's weights; stop it at any moment (Ctrl-C, kill) and run it again to
-# continue from the last checkpoint (every 250 steps, a few minutes). Then export and validate:
-#   palette export --checkpoint runs/default --out src/palette/assets/palette-multitask-64.safetensors
-#   scripts/validate.sh src/palette/assets/palette-multitask-64.safetensors - eval/validation
+# fresh clone starts from the committed trunk (training/default-trunk.safetensors: the EMA weights of the
+# constant-lr run the shipped model is a cool-down branch of); stop it at any moment (Ctrl-C, kill) and run it again
+# to continue from the last checkpoint (every 250 steps, a few minutes). After a chunk, commit the trunk and export,
+# branch a cool-down and validate as MODEL_CARD.md says:
+#   palette export --checkpoint runs/default --out training/default-trunk.safetensors
 train-default: $(INSTALLED)
 	test -f data/wallpapers/train.txt || $(VENV)/bin/palette data wallpapers --out data/wallpapers
 	if [ -f runs/default/checkpoints/latest ]; then \
 	  nice -n 19 $(VENV)/bin/palette train --resume runs/default; \
 	else \
 	  nice -n 19 $(VENV)/bin/palette train --config configs/default-cpu.yaml --run-dir runs/default \
-	    --set train.init_from=src/palette/assets/palette-multitask-64.safetensors; \
+	    --set train.init_from=training/default-trunk.safetensors; \
 	fi

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from palette.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, write_checkpoint
-from palette.config import ConfigError, config_from_dict
+from palette.checkpoint import (CheckpointError, latest_checkpoint, load_weights, read_checkpoint,
+                                write_checkpoint)
+from palette.config import ConfigError, config_from_dict, load_config
 from palette.diffusion import sample_noise_level, training_noise_levels
 from palette.imageio import ImageError
 from palette.inference import Model, load_model, restore
@@ -24,6 +25,8 @@ from palette.tasks import source_estimate
 from palette.training import RUN_FILES, RunDirectoryError, diffusion_loss, learning_rate, step_seeds, train
 
 from conftest import tiny_values
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _log(run_dir: Path) -> list[dict]:
@@ -227,6 +230,22 @@ def test_a_run_can_start_from_trained_weights(tiny_config, image_folder, tmp_pat
     other = replace(other, network=replace(other.network, base_channels=32))
     with pytest.raises(CheckpointError, match="first.*do not fit this network"):
         train(other, tmp_path / "third", progress=False)
+
+
+def test_make_train_default_starts_from_the_committed_trunk(image_folder, tmp_path):
+    """A fresh clone's `make train-default`: the default recipe's network starts from the committed trunk's weights."""
+    trunk = REPO / "training" / "default-trunk.safetensors"
+    assert f"train.init_from={trunk.relative_to(REPO)}" in (REPO / "Makefile").read_text()
+    assert trunk.stat().st_size < 10e6  # the model issue: the repository grows by at most 10 MB per chunk
+    config = load_config(REPO / "configs" / "default-cpu.yaml", [
+        f"data.source={image_folder}", f"data.preview_source={image_folder}", "train.steps=1", "train.batch_size=2",
+        f"train.init_from={trunk}"])
+    started = train(replace(config, train=replace(config.train, lr=0.0)), tmp_path / "default", progress=False)
+    weights, stored = load_weights(trunk)
+    assert stored.network == config.network and stored.diffusion == config.diffusion
+    assert stored.data.tasks == config.data.tasks
+    for name, value in weights.items():  # one step at lr 0 leaves them as they are
+        assert torch.equal(started.ema.state_dict()[name], value.float()), name
 
 
 def test_a_corrupt_image_is_skipped_with_a_warning_naming_it(image_folder, tmp_path):
