@@ -24,8 +24,8 @@ test: $(INSTALLED)
 # Training of the shipped default model, in resumable chunks at low priority (MODEL_CARD.md). The first chunk of a
 # fresh clone starts from the committed trunk (training/default-trunk.safetensors: the EMA weights of the
 # constant-lr run the shipped model is a cool-down branch of); stop it at any moment (Ctrl-C, kill) and run it again
-# to continue from the last checkpoint (every 250 steps, a few minutes). After a chunk, commit the trunk and export,
-# branch a cool-down and validate as MODEL_CARD.md says:
+# to continue from the last checkpoint (every 250 steps, a few minutes). After a chunk, export the run over the trunk
+# and commit it; to ship, branch a cool-down off it as MODEL_CARD.md ("Reproducing it") says:
 #   palette export --checkpoint runs/default --out training/default-trunk.safetensors
 train-default: $(INSTALLED)
 	test -f data/wallpapers/train.txt || $(VENV)/bin/palette data wallpapers --out data/wallpapers
