@@ -102,6 +102,16 @@ def test_pruning_deletes_only_checkpoints_older_than_the_one_written(tiny_config
         write_checkpoint(tmp_path / "run", 5, *state, keep=0)
 
 
+def test_a_resumed_run_prunes_what_a_kill_before_pruning_left(tiny_config, tmp_path):
+    # A kill between the last checkpoint's write and its pruning leaves one folder too many; the finished run,
+    # resumed, writes nothing more, so resuming itself must prune.
+    train(tiny_config, tmp_path / "run", progress=False)  # checkpoints at 3 and 6, keep 2
+    root = tmp_path / "run" / "checkpoints"
+    shutil.copytree(root / "step_00000003", root / "step_00000001")
+    train(None, tmp_path / "run", resume=True, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000003", "step_00000006"]
+
+
 @pytest.mark.parametrize("marker", RUN_FILES)
 def test_a_fresh_run_refuses_a_directory_holding_a_run(tiny_config, tmp_path, marker):
     (tmp_path / "run").mkdir()

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import (CheckpointError, latest_checkpoint, load_config_only, load_state, load_weights,
-                         read_checkpoint, remove_partial_checkpoints, resolve_weights, write_checkpoint,
-                         write_text_atomic)
+                         prune_checkpoints, read_checkpoint, remove_partial_checkpoints, resolve_weights,
+                         write_checkpoint, write_text_atomic)
 from .config import Config, TrainConfig, load_config, save_config
 from .data import preview_examples, task_names, training_loader
 from .diffusion import masked_loss, paste_known, q_sample, sample_noise_level, training_noise_levels, v_target
@@ -270,6 +270,8 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
             if resume:
                 remove_leftovers(run_dir)
                 _truncate_log(run_dir / "log.jsonl", state["step"] if state is not None else 0)
+                if state is not None:
+                    prune_checkpoints(run_dir, state["step"], settings.keep_checkpoints)
             elif (moved := prepare_run_dir(run_dir, overwrite)) is not None:
                 print(f"palette: moved the previous run in {run_dir} to {moved}")
         torch.manual_seed(settings.seed)  # the same initial weights on every rank
