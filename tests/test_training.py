@@ -254,8 +254,9 @@ def test_make_train_default_starts_from_the_committed_trunk(image_folder, tmp_pa
     weights, stored = load_weights(trunk)
     assert stored.network == config.network and stored.diffusion == config.diffusion
     assert stored.data.tasks == config.data.tasks
+    ema = started.ema.state_dict()
     for name, value in weights.items():  # one step at lr 0 leaves them as they are
-        assert torch.equal(started.ema.state_dict()[name], value.float()), name
+        assert torch.equal(ema[name], value.float()), name
 
 
 def test_a_corrupt_image_is_skipped_with_a_warning_naming_it(image_folder, tmp_path):

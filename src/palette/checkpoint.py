@@ -235,18 +235,16 @@ def write_checkpoint(run_dir: str | Path, step: int, config: Config, model: dict
     return final
 
 
-def prune_checkpoints(run_dir: str | Path, step: int, keep: int) -> list[Path]:
-    """Delete the checkpoints older than `step` but the `keep - 1` newest of them; returns what went.
+def prune_checkpoints(run_dir: str | Path, step: int, keep: int) -> None:
+    """Delete the checkpoints older than `step` but the `keep - 1` newest of them.
 
     `write_checkpoint` prunes after each write; a resumed run prunes again, since a kill can land between a write
     and its pruning (at a run's last step, no later write would prune).
     """
     root = Path(run_dir) / "checkpoints"
     older = sorted((folder for folder in root.glob("step_*") if _step_of(folder) < step), key=_step_of)
-    doomed = older[:max(0, len(older) - (keep - 1))]
-    for old in doomed:
+    for old in older[:max(0, len(older) - (keep - 1))]:
         _delete(old)
-    return doomed
 
 
 PARTIAL_PREFIXES = (".step_", ".latest.")  # what a killed write_checkpoint can leave: folders, the pointer's temp
