@@ -189,6 +189,29 @@ def test_export_stores_changed_sampling_defaults_and_refuses_training_keys(rando
     assert "only sampling.* defaults can change after training" in capsys.readouterr().err
 
 
+def test_export_of_several_checkpoints_is_the_mean_of_their_weights(random_tiny_model, tmp_path, capsys):
+    from palette.checkpoint import load_weights, save_weights
+    from palette.cli import main
+
+    state, config = load_weights(random_tiny_model)
+    branch = tmp_path / "branch.safetensors"  # the same network with dropout: a branch trained with it
+    save_weights(branch, {k: 3 * v + 1 for k, v in state.items()},
+                 replace(config, network=replace(config.network, dropout=0.1)))
+    out = tmp_path / "soup.safetensors"
+    main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(branch), "--out", str(out), "--fp32",
+          "--set", "sampling.steps=7"])
+    soup, soup_config = load_weights(out)
+    assert all(torch.allclose(soup[k], 2 * v + 0.5, atol=1e-6) for k, v in state.items())
+    assert soup_config.network == config.network and soup_config.sampling.steps == 7
+
+    other = tmp_path / "other.safetensors"
+    schedule = replace(config.diffusion, train_steps=config.diffusion.train_steps + 1)  # another noise schedule
+    save_weights(other, state, replace(config, diffusion=schedule))
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(other), "--out", str(out)])
+    assert f"{other}: another network or diffusion setting" in capsys.readouterr().err
+
+
 def test_a_task_samples_with_its_own_default_steps():
     clean = torch.zeros(1, 3, 8, 8)
     model = _model("v", clean)

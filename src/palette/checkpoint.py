@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -301,19 +302,36 @@ def read_checkpoint(folder: str | Path) -> dict[str, Any]:
     }
 
 
-def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, overrides: Sequence[str] = ()) -> Path:
+def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Path, half: bool = True,
+                   overrides: Sequence[str] = ()) -> Path:
     """Copy a checkpoint's EMA weights (fp16 storage by default) and config into one self-contained file.
 
-    `overrides` (`sampling.KEY=VALUE`) change the sampling defaults stored with the weights; nothing that
-    shaped the training can be changed here.
+    Several checkpoints give their uniform mean (a model soup, Wortsman et al. 2022): branches fine-tuned from
+    one trunk average into one network. They must share the network and the diffusion settings (dropout aside);
+    the config is the first one's. `overrides` (`sampling.KEY=VALUE`) change the sampling defaults stored with
+    the weights; nothing that shaped the training can be changed here.
     """
-    state, config = load_weights(resolve_weights(checkpoint))
     for override in overrides:
         if not override.startswith("sampling."):
             raise ConfigError(f"export --set {override}: only sampling.* defaults can change after training")
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    state, config = load_weights(resolve_weights(paths[0]))
+    for path in paths[1:]:
+        other, other_config = load_weights(resolve_weights(path))
+        if (_architecture(other_config) != _architecture(config) or other.keys() != state.keys()
+                or any(other[k].shape != v.shape for k, v in state.items())):
+            raise CheckpointError(f"{path}: another network or diffusion setting than {paths[0]}; only branches of "
+                                  "one model can be averaged")
+        state = {k: v + other[k] if v.is_floating_point() else v for k, v in state.items()}
+    state = {k: v / len(paths) if v.is_floating_point() else v for k, v in state.items()}
     if overrides:
         config = config_from_dict(apply_overrides(config_to_dict(config), list(overrides)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(out, state, config, dtype=torch.float16 if half else None)
     return out
+
+
+def _architecture(config: Config) -> tuple[Any, Any]:
+    """What two checkpoints must share to be averaged: the network (dropout aside) and the diffusion settings."""
+    return replace(config.network, dropout=0.0), config.diffusion

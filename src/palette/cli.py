@@ -292,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     export = commands.add_parser("export", help="EMA weights of a checkpoint as one self-contained .safetensors file")
-    export.add_argument("--checkpoint", required=True, help="a run folder, checkpoint folder or .safetensors file")
+    export.add_argument("--checkpoint", required=True, action="append",
+                        help="a run folder, checkpoint folder or .safetensors file; given more than once, the "
+                             "uniform mean of their weights (branches of one trunk)")
     export.add_argument("--out", required=True)
     export.add_argument("--fp32", action="store_true", help="keep float32 storage (default: float16)")
     export.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE",
