@@ -25,7 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
+from .config import (Config, ConfigError, DiffusionConfig, NetworkConfig, apply_overrides, config_from_dict,
+                     config_to_dict)
 from .files import write_atomic
 
 CONFIG_KEY = "palette_config"
@@ -318,8 +319,7 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
     state, config = load_weights(resolve_weights(paths[0]))
     for path in paths[1:]:
         other, other_config = load_weights(resolve_weights(path))
-        if (_architecture(other_config) != _architecture(config) or other.keys() != state.keys()
-                or any(other[k].shape != v.shape for k, v in state.items())):
+        if _architecture(other_config) != _architecture(config):  # the same network: the same tensors
             raise CheckpointError(f"{path}: another network or diffusion setting than {paths[0]}; only branches of "
                                   "one model can be averaged")
         state = {k: v + other[k] if v.is_floating_point() else v for k, v in state.items()}
@@ -332,6 +332,6 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
     return out
 
 
-def _architecture(config: Config) -> tuple[Any, Any]:
+def _architecture(config: Config) -> tuple[NetworkConfig, DiffusionConfig]:
     """What two checkpoints must share to be averaged: the network (dropout aside) and the diffusion settings."""
     return replace(config.network, dropout=0.0), config.diffusion
