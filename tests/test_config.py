@@ -79,7 +79,7 @@ def test_bad_values_name_the_key(values, words):
     ("train.weight_decay", -0.1, ">= 0"),
     ("train.seed", -1, ">= 0"),
     ("data.num_workers", -2, ">= 0"),
-    ("sampling.steps", 0, ">= 1"),
+    ("sampling.steps", 0, "from 1 to 1000"),
     ("diffusion.train_steps", 0, ">= 1"),
 ])
 def test_out_of_range_numbers_name_the_key_and_the_bound(key, value, bound):
@@ -112,7 +112,7 @@ def test_residual_scales_name_registered_tasks_and_are_positive():
 
 def test_task_steps_override_the_default_steps_per_task():
     sampling = config_from_dict({"sampling": {"steps": 20, "task_steps": {"jpeg": 1}}}).sampling
-    assert (sampling.steps_for("jpeg"), sampling.steps_for("colorization"), sampling.steps_for(None)) == (1, 20, 20)
+    assert [sampling.for_task("steps", task) for task in ("jpeg", "colorization", None)] == [1, 20, 20]
     with pytest.raises(ConfigError, match="sampling.task_steps.jpeg: must be from 1 to 1000"):
         config_from_dict({"sampling": {"task_steps": {"jpeg": 0}}})
     with pytest.raises(ConfigError, match="sampling.task_steps: unknown task 'deblur'"):
@@ -121,8 +121,7 @@ def test_task_steps_override_the_default_steps_per_task():
 
 def test_guidance_weights_are_checked_per_task():
     sampling = config_from_dict({"sampling": {"task_guidance": {"colorization": 2.5}}}).sampling
-    assert (sampling.guidance_for("colorization"), sampling.guidance_for("jpeg"), sampling.guidance_for(None)) == \
-        (2.5, 1.0, 1.0)
+    assert [sampling.for_task("guidance", task) for task in ("colorization", "jpeg", None)] == [2.5, 1.0, 1.0]
     with pytest.raises(ConfigError, match=r"sampling.task_guidance.colorization: must be from 1 \(off\) to 10"):
         config_from_dict({"sampling": {"task_guidance": {"colorization": 0.5}}})
     with pytest.raises(ConfigError, match="sampling.guidance: must be from 1"):
@@ -133,7 +132,7 @@ def test_guidance_weights_are_checked_per_task():
 
 def test_sdedit_strengths_are_checked_per_task():
     sampling = config_from_dict({"sampling": {"task_strength": {"inpainting": 0.25}}}).sampling
-    assert (sampling.strength_for("inpainting"), sampling.strength_for("jpeg")) == (0.25, 1.0)
+    assert (sampling.for_task("strength", "inpainting"), sampling.for_task("strength", "jpeg")) == (0.25, 1.0)
     assert sampling.resolve("inpainting") == (20, 1.0, 0.25)
     assert sampling.resolve("inpainting", steps=8, guidance=2.0, strength=0.5) == (8, 2.0, 0.5)  # given values win
     guided = config_from_dict({"sampling": {"task_strength": {"inpainting": 0.2},
@@ -145,3 +144,14 @@ def test_sdedit_strengths_are_checked_per_task():
         config_from_dict({"sampling": {"task_strength": {"inpainting": 0}}})
     with pytest.raises(ConfigError, match="sampling.strength: must be in"):
         config_from_dict({"sampling": {"strength": 1.5}})
+
+
+def test_final_denoising_steps_are_timesteps_of_the_training_schedule_per_task():
+    sampling = config_from_dict({"sampling": {"task_final_denoise": {"inpainting": 49}}}).sampling
+    assert [sampling.for_task("final_denoise", task) for task in ("inpainting", "jpeg", None)] == [49, 0, 0]
+    assert sampling.describe("inpainting") == "20 steps, then denoised at t = 49"
+    with pytest.raises(ConfigError,
+                       match=r"sampling.task_final_denoise.jpeg: must be from 0 \(off\) to 1999, got 2000"):
+        config_from_dict({"sampling": {"task_final_denoise": {"jpeg": 2000}}})
+    with pytest.raises(ConfigError, match=r"sampling.final_denoise: must be from 0 \(off\) to 99, got -1"):
+        config_from_dict({"diffusion": {"train_steps": 100}, "sampling": {"final_denoise": -1}})

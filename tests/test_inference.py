@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from palette.config import config_from_dict
-from palette.diffusion import v_target
+from palette.diffusion import training_noise_levels, v_target
 from palette.inference import Model, derive_seed, make_denoiser, restore, sample_folder
 from palette.samplers import SAMPLERS
 from palette.tasks import get_task, source_estimate
@@ -244,11 +244,11 @@ def test_guidance_extrapolates_away_from_the_perturbed_network(guidance):
     net.register_forward_hook(lambda module, args, output: calls.append(1))
     noisy, noise_level = torch.zeros(1, 3, 4, 4), torch.full((1,), 0.36)
     denoise = make_denoiser(net, config, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), lambda x: x,
-                            guidance=config.sampling.guidance_for("colorization"))
+                            guidance=config.sampling.for_task("guidance", "colorization"))
     # x0 = sqrt(gamma) x_t - sqrt(1 - gamma) v, with v = 0 + guidance * (1 - 0)
     torch.testing.assert_close(denoise(noisy, noise_level), torch.full((1, 3, 4, 4), -0.8 * guidance))
     assert len(calls) == (1 if guidance == 1 else 2)
-    assert config.sampling.guidance_for("jpeg") == 1.0
+    assert config.sampling.for_task("guidance", "jpeg") == 1.0
     with pytest.raises(ValueError, match="--guidance must be from 1"):
         restore(Model(net, config, torch.device("cpu")), torch.zeros(1, 3, 4, 4), torch.ones(1, 1, 4, 4),
                 task=get_task("colorization"), guidance=0.5)
@@ -272,3 +272,20 @@ def test_a_task_strength_below_one_starts_from_the_input_estimate_and_runs_that_
     assert torch.allclose(output, clean, atol=2e-3)  # the ideal denoiser still lands on the clean image
     restore(model, condition, mask, task=task, seed=3, strength=1.0)
     assert len(calls) == 5 + 5 + 20
+
+
+def test_a_task_final_denoising_step_asks_the_network_once_more_at_its_level():
+    clean = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    model = _model("v", clean, residual=True)
+    sampling = replace(model.config.sampling, steps=4, task_final_denoise={"inpainting": 49})
+    model = Model(model.net, replace(model.config, sampling=sampling), model.device)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    condition = torch.where(mask > 0.5, 0.0, clean)
+    levels = []
+    model.net.register_forward_hook(lambda module, args, output: levels.append(args[1].item()))
+    output = restore(model, condition, mask, task=get_task("inpainting"), seed=3)
+    assert len(levels) == 5 and levels[-1] == pytest.approx(training_noise_levels(model.config.diffusion)[50].item())
+    assert torch.allclose(output, clean, atol=2e-3)  # the ideal denoiser keeps the clean image
+    restore(model, condition, mask, task=get_task("jpeg"), seed=3)
+    assert len(levels) == 5 + 4

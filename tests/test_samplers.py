@@ -105,6 +105,33 @@ def test_known_pixels_are_pasted_at_every_step():
     assert torch.allclose(result[..., 4:], torch.zeros(1, 3, 8, 4), atol=1e-3)  # the denoiser's answer
 
 
+def test_the_final_denoising_step_is_the_ideal_denoiser_applied_once_more_to_the_sample():
+    # For data ~ N(0, s^2) per pixel the ideal x0 is sqrt(g) s^2 / (g s^2 + 1 - g) x_t; taking the finished sample x
+    # as x_t = sqrt(g) x, one more step multiplies it by g s^2 / (g s^2 + 1 - g), and known pixels stay as given.
+    variance, level = 0.25, TRAINED[50].item()
+    known = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1
+    calls = []
+
+    def ideal(noisy, noise_level):
+        calls.append(noise_level)
+        return noise_level.sqrt().view(-1, 1, 1, 1) * variance / (noise_level * variance + 1 - noise_level).view(
+            -1, 1, 1, 1) * noisy
+
+    def sample(final_level):
+        return run_sampler(ideal, make_scheduler("dpmpp", DIFFUSION, 5), known.shape, known=known, mask=mask,
+                           generator=torch.Generator().manual_seed(0), start=known, start_step=3,
+                           final_level=final_level)
+
+    plain, polished = sample(None), sample(level)
+    assert len(calls) == 2 + 3 and torch.equal(calls[-1], torch.full((1,), level))
+    factor = level * variance / (level * variance + 1 - level)
+    torch.testing.assert_close(polished[..., 4:], factor * plain[..., 4:])
+    assert torch.equal(polished[..., :4], known[..., :4])
+    assert (plain[..., 4:] - polished[..., 4:]).abs().amax() > 1e-3
+
+
 def test_ancestral_sampling_depends_on_the_seed_and_only_on_it():
     scheduler = lambda: make_scheduler("ddpm", DIFFUSION, 20)  # noqa: E731
     denoise = lambda x, g: 0.5 * x.clamp(-1, 1)  # noqa: E731

@@ -144,35 +144,30 @@ class SamplingConfig:
     # runs this share of the steps (SDEdit, Meng et al. 2022); 1 starts from pure noise.
     strength: float = 1.0
     task_strength: dict[str, float] = field(default_factory=dict)
+    # Above 0, the finished sample, taken as x_t at this timestep of the training schedule with no noise added,
+    # gets one more x0 prediction: it removes fine noise the last steps leave (a final Tweedie denoising step,
+    # Jolicoeur-Martineau et al. 2021). One more network call per sample (two with guidance); 0 is off.
+    final_denoise: int = 0
+    task_final_denoise: dict[str, int] = field(default_factory=dict)
 
-    def steps_for(self, task: str | None) -> int:
-        """The default number of sampling steps for `task` (None: the model-wide default)."""
-        return self._for(task, "steps")
-
-    def guidance_for(self, task: str | None) -> float:
-        """The default guidance weight for `task` (None: the model-wide default)."""
-        return self._for(task, "guidance")
-
-    def strength_for(self, task: str | None) -> float:
-        """The default SDEdit strength for `task` (None: the model-wide default)."""
-        return self._for(task, "strength")
-
-    def _for(self, task: str | None, name: str) -> Any:
+    def for_task(self, name: str, task: str | None) -> Any:
+        """The default `name` ("steps", "guidance", "strength", "final_denoise") for `task`; None: model-wide."""
         default = getattr(self, name)
         return getattr(self, f"task_{name}").get(task, default) if task is not None else default
 
     def resolve(self, task: str | None, steps: int | None = None, guidance: float | None = None,
                 strength: float | None = None) -> tuple[int, float, float]:
         """(steps, guidance, strength) for `task`: each value given, or where it is None the default for the task."""
-        return (self.steps_for(task) if steps is None else steps,
-                self.guidance_for(task) if guidance is None else guidance,
-                self.strength_for(task) if strength is None else strength)
+        return (self.for_task("steps", task) if steps is None else steps,
+                self.for_task("guidance", task) if guidance is None else guidance,
+                self.for_task("strength", task) if strength is None else strength)
 
     def describe(self, task: str | None) -> str:
         """The defaults for `task` in words, e.g. "20 steps from its estimate re-noised 20%, guidance 1.5"."""
-        steps, strength, guidance = self.steps_for(task), self.strength_for(task), self.guidance_for(task)
-        start = f" from its estimate re-noised {strength:.0%}" if strength < 1 else ""
-        return f"{steps} step{'s' * (steps != 1)}{start}" + (f", guidance {guidance:g}" if guidance != 1 else "")
+        steps, strength, guidance, final = (self.for_task(name, task) for name in
+                                            ("steps", "strength", "guidance", "final_denoise"))
+        words = f"{steps} step{'s' * (steps != 1)}" + (f" from its estimate re-noised {strength:.0%}" * (strength < 1))
+        return words + f", guidance {guidance:g}" * (guidance != 1) + f", then denoised at t = {final}" * bool(final)
 
 
 @dataclass(frozen=True)
@@ -263,8 +258,15 @@ def _network_values(values: dict[str, Any]) -> dict[str, Any]:
 # zero fails at load time with its key rather than as a ZeroDivisionError deep in training.
 _POSITIVE = ("train.steps", "train.batch_size", "train.lr", "train.grad_clip", "train.checkpoint_every",
              "train.keep_checkpoints", "train.sample_every", "train.log_every", "diffusion.train_steps",
-             "diffusion.sample_steps", "data.image_size", "sampling.steps")
+             "diffusion.sample_steps", "data.image_size")
 _NON_NEGATIVE = ("train.warmup_steps", "train.decay_steps", "train.weight_decay", "train.seed", "data.num_workers")
+
+
+# Each sampling default, also per task: its allowed values in words and as a test given the last training timestep.
+_SAMPLING_RANGES = {"steps": ("from 1 to 1000", lambda value, last: 1 <= value <= 1000),
+                    "guidance": (f"from 1 (off) to {MAX_GUIDANCE}", lambda value, last: 1 <= value <= MAX_GUIDANCE),
+                    "strength": ("in (0, 1]", lambda value, last: 0 < value <= 1),
+                    "final_denoise": ("from 0 (off) to {last}", lambda value, last: 0 <= value <= last)}
 
 
 def _validate(config: Config) -> Config:
@@ -289,10 +291,9 @@ def _validate(config: Config) -> Config:
     from .tasks import TASKS  # the registry is the one list of task names; imported here, not at start-up
 
     tasks = tuple(TASKS)
-    per_task = {"data.tasks": config.data.tasks, "sampling.task_steps": config.sampling.task_steps,
-                "sampling.task_guidance": config.sampling.task_guidance,
-                "sampling.task_strength": config.sampling.task_strength,
-                "diffusion.residual_scale": config.diffusion.residual_scale}
+    sampling = config.sampling
+    per_task = {"data.tasks": config.data.tasks, "diffusion.residual_scale": config.diffusion.residual_scale,
+                **{f"sampling.task_{name}": getattr(sampling, f"task_{name}") for name in _SAMPLING_RANGES}}
     for key, values in per_task.items():
         for name in values:
             if name not in tasks:
@@ -302,18 +303,13 @@ def _validate(config: Config) -> Config:
             raise ConfigError(f"data.tasks.{name}: weight must be >= 0, got {weight}")
     if not config.data.tasks or sum(config.data.tasks.values()) <= 0:
         raise ConfigError("data.tasks: give at least one task with a positive weight")
-    for name, steps in config.sampling.task_steps.items():
-        if not 1 <= steps <= 1000:
-            raise ConfigError(f"sampling.task_steps.{name}: must be from 1 to 1000, got {steps}")
-    sampling = config.sampling
-    weights = {"guidance": sampling.guidance, **{f"task_guidance.{n}": w for n, w in sampling.task_guidance.items()}}
-    for key, weight in weights.items():
-        if not 1 <= weight <= MAX_GUIDANCE:
-            raise ConfigError(f"sampling.{key}: must be from 1 (off) to {MAX_GUIDANCE}, got {weight}")
-    shares = {"strength": sampling.strength, **{f"task_strength.{n}": v for n, v in sampling.task_strength.items()}}
-    for key, share in shares.items():
-        if not 0 < share <= 1:
-            raise ConfigError(f"sampling.{key}: must be in (0, 1], got {share}")
+    last = config.diffusion.train_steps - 1
+    for name, (words, allowed) in _SAMPLING_RANGES.items():
+        overrides = getattr(sampling, f"task_{name}")
+        values = {name: getattr(sampling, name), **{f"task_{name}.{task}": value for task, value in overrides.items()}}
+        for key, value in values.items():
+            if not allowed(value, last):
+                raise ConfigError(f"sampling.{key}: must be {words.format(last=last)}, got {value}")
     for name, factor in config.diffusion.residual_scale.items():
         if factor <= 0:
             raise ConfigError(f"diffusion.residual_scale.{name}: must be > 0, got {factor}")

@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import check_device, load_state, load_weights, resolve_weights
 from .config import Config
-from .diffusion import paste_known, x0_from_eps, x0_from_v
+from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
 from .imageio import ImageError, check_unique_stems, list_images, load_image, save_image
 from .masks import EmptyMaskError, load_mask
 from .network import PaletteNet, autocast, regression_output
@@ -93,6 +93,12 @@ def residual_scale(config: Config, task: Task | None) -> float:
     return scales.get(task.name, 1.0) if task is not None and config.diffusion.residual else 1.0
 
 
+def final_level(config: Config, task: Task | None) -> float | None:
+    """The noise level of the final denoising step for `task` (SamplingConfig.final_denoise), None for none."""
+    timestep = config.sampling.for_task("final_denoise", task.name if task is not None else None)
+    return training_noise_levels(config.diffusion)[timestep + 1].item() if timestep else None
+
+
 def generators_for(seeds: int | Sequence[int], count: int, device: torch.device) -> list[torch.Generator]:
     """One generator per sample: from its own seed, or from (seed, position) when one seed covers the batch."""
     if isinstance(seeds, int):
@@ -159,7 +165,8 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
                                generator=generators_for(seed, condition.shape[0], model.device),
                                device=model.device, callback=as_images,
                                start=None if init is None else (init.to(model.device) - offset) * scale,
-                               start_step=sdedit_start_step(steps, strength))
+                               start_step=sdedit_start_step(steps, strength),
+                               final_level=final_level(config, task))
     return paste_known(finish(offset + residual / scale), condition if has_known else None, mask)
 
 
@@ -193,8 +200,8 @@ class TaskSampler:
         config = self.model.config
         steps, guidance, strength = config.sampling.resolve(self.task.name, self.steps, self.guidance,
                                                             self.strength if strength is None else strength)
-        calls = 1 if config.diffusion.objective == "regression" else \
-            (steps - sdedit_start_step(steps, strength)) * (1 if guidance == 1 else 2)
+        denoising_steps = steps - sdedit_start_step(steps, strength) + bool(final_level(config, self.task))
+        calls = 1 if config.diffusion.objective == "regression" else denoising_steps * (1 if guidance == 1 else 2)
         net = TiledNetwork(self.model.net, grid, size_multiple(config), active=degraded.mask[None] > 0.5,
                            batch_size=self.tile_batch)
         tiles = len(net.layout(1, *image.shape[1:])[2])

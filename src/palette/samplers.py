@@ -189,11 +189,14 @@ def run_sampler(
     callback: StepCallback | None = None,
     start: torch.Tensor | None = None,
     start_step: int = 0,
+    final_level: float | None = None,
 ) -> torch.Tensor:
     """Draw samples of `shape`, pasting `known` outside `mask` at every step.
 
     The first sample is drawn at the first step's noise level: sqrt(1 - gamma) eps around a zero mean, or with
     `start`, around sqrt(gamma) start at step `start_step`, skipping the noisier steps (SDEdit, Meng et al. 2022).
+    With `final_level` gamma, the finished sample x is taken as x_t = sqrt(gamma) x, the noise it still holds
+    standing in for sqrt(1 - gamma) eps, and denoised once more (SamplingConfig.final_denoise).
     """
     levels = scheduler.alphas_cumprod.to(torch.float32)
     timesteps = scheduler.timesteps[start_step:]
@@ -213,4 +216,6 @@ def run_sampler(
         x = paste_known(x, known, mask)
         if callback is not None:
             callback(index, x, predicted_clean)
+    if final_level is not None:
+        x = paste_known(denoise(final_level ** 0.5 * x, torch.full(shape[:1], final_level, device=device)), known, mask)
     return x

@@ -253,7 +253,7 @@ def build_app(model: Model, output_dir: str | Path | None = None) -> Any:
 
 
 def _steps_by_task(sampling: SamplingConfig) -> str:
-    return ", ".join(f"{name} {sampling.steps_for(name)}" for name in TASKS)
+    return ", ".join(f"{name} {sampling.for_task('steps', name)}" for name in TASKS)
 
 
 def _whole(value: float | None, name: str) -> int | None:
