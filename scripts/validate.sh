@@ -5,6 +5,8 @@
 # Evaluation sets: colorization, inpainting with free_form_20_30 and centre masks, uncropping of the right
 # half, JPEG at quality 10 and 20. Writes OUT_DIR/<set>/{set,palette,regression,<method>}, one JSON per row
 # (model or baseline) and set, and OUT_DIR/report.md with one table per set.
+# SEEDS="0 1 2" samples every model once per seed (rows palette, palette_seed1, palette_seed2): a bar within a few
+# percent is judged over several seeds, as 16 images leave the first sample's scores noisy. Default: "0".
 set -euo pipefail
 diffusion=$1
 regression=$2  # "-": no regression twin
@@ -12,6 +14,7 @@ out=${3:-eval/validation}
 val=${4:-data/wallpapers/val.txt}
 size=64
 palette=${PALETTE:-palette}
+read -r -a seeds <<< "${SEEDS:-0}"
 
 # The validation images as one flat folder (fixed centre crops are taken by `palette degrade --size`).
 mkdir -p "$out/clean"
@@ -46,9 +49,13 @@ for spec in "colorization colorization" \
   for model in "${models[@]}"; do
     checkpoint=$diffusion
     [ "$model" = regression ] && checkpoint=$regression
-    "$palette" sample --checkpoint "$checkpoint" --task "$task" --input "$data/inputs" "${masks[@]}" \
-      --output "$out/$name/$model" --num-samples 2 --seed 0 --device cpu --batch-size 32
-    evaluate "$name" "$out/$name/$model" "$model"
+    for seed in "${seeds[@]}"; do
+      row=$model
+      [ "$seed" != "${seeds[0]}" ] && row=${model}_seed$seed
+      "$palette" sample --checkpoint "$checkpoint" --task "$task" --input "$data/inputs" "${masks[@]}" \
+        --output "$out/$name/$row" --num-samples 2 --seed "$seed" --device cpu --batch-size 32
+      evaluate "$name" "$out/$name/$row" "$row"
+    done
   done
   # The degraded input itself (gray, mid-gray hole, decoded JPEG): a floor every model must beat.
   evaluate "$name" "$data/inputs" input
