@@ -166,8 +166,14 @@ class SamplingConfig:
         """The defaults for `task` in words, e.g. "20 steps from its estimate re-noised 20%, guidance 1.5"."""
         steps, strength, guidance, final = (self.for_task(name, task) for name in
                                             ("steps", "strength", "guidance", "final_denoise"))
-        words = f"{steps} step{'s' * (steps != 1)}" + (f" from its estimate re-noised {strength:.0%}" * (strength < 1))
-        return words + f", guidance {guidance:g}" * (guidance != 1) + f", then denoised at t = {final}" * bool(final)
+        words = f"{steps} step{'s' * (steps != 1)}"
+        if strength < 1:
+            words += f" from its estimate re-noised {strength:.0%}"
+        if guidance != 1:
+            words += f", guidance {guidance:g}"
+        if final:
+            words += f", then denoised at t = {final}"
+        return words
 
 
 @dataclass(frozen=True)
