@@ -200,7 +200,8 @@ class TaskSampler:
         config = self.model.config
         steps, guidance, strength = config.sampling.resolve(self.task.name, self.steps, self.guidance,
                                                             self.strength if strength is None else strength)
-        denoising_steps = steps - sdedit_start_step(steps, strength) + bool(final_level(config, self.task))
+        final_step = bool(config.sampling.for_task("final_denoise", self.task.name))
+        denoising_steps = steps - sdedit_start_step(steps, strength) + final_step
         calls = 1 if config.diffusion.objective == "regression" else denoising_steps * (1 if guidance == 1 else 2)
         net = TiledNetwork(self.model.net, grid, size_multiple(config), active=degraded.mask[None] > 0.5,
                            batch_size=self.tile_batch)
