@@ -211,6 +211,22 @@ def test_export_of_several_checkpoints_is_the_mean_of_their_weights(random_tiny_
         main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(other), "--out", str(out)])
     assert f"{other}: another network or diffusion setting" in capsys.readouterr().err
 
+    # A branch that learned to take the mask (network.mask_input) joins the soup first; the other's mask weights
+    # count as zero.
+    masked_config = replace(config, network=replace(config.network, mask_input=True))
+    masked = tmp_path / "masked.safetensors"
+    widened = dict(state, **{"unet.conv_in.weight": torch.ones(state["unet.conv_in.weight"].shape[0], 7, 3, 3)})
+    save_weights(masked, widened, masked_config)
+    main(["export", "--checkpoint", str(masked), "--checkpoint", str(random_tiny_model), "--out", str(out), "--fp32"])
+    soup, soup_config = load_weights(out)
+    mixed = soup["unet.conv_in.weight"]
+    assert soup_config.network.mask_input and torch.equal(mixed[:, 3], torch.full_like(mixed[:, 3], 0.5))
+    assert torch.allclose(mixed[:, [0, 1, 2, 4, 5, 6]], (1 + state["unet.conv_in.weight"]) / 2)
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(masked), "--out", str(out)])
+    assert f"{masked}: its network takes the mask and {random_tiny_model}'s does not; list it first" in \
+        capsys.readouterr().err
+
 
 def test_a_task_samples_with_its_own_default_steps():
     clean = torch.zeros(1, 3, 8, 8)

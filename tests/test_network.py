@@ -1,7 +1,7 @@
 import torch
 
 from palette.config import config_from_dict
-from palette.network import PaletteNet, build_unet, count_parameters
+from palette.network import PaletteNet, build_unet, count_parameters, network_input, with_mask_input
 
 
 def _count_on_meta(preset: str, size: int) -> int:
@@ -38,3 +38,25 @@ def test_wrapper_shapes_zero_init_and_noise_level_sensitivity():
     assert (a - b).abs().max() > 1e-4  # nearby noise levels give different outputs
     c = net(x, torch.tensor([0.9, 0.9]), condition + 0.5)
     assert (a - c).abs().max() > 1e-4  # the condition reaches the output
+
+
+def test_the_mask_input_widens_a_trained_network_without_changing_what_it_computes():
+    plain = config_from_dict({"network": {"preset": "tiny"}, "data": {"image_size": 16}})
+    masked = config_from_dict({"network": {"preset": "tiny", "mask_input": True}, "data": {"image_size": 16}})
+    torch.manual_seed(0)
+    net = PaletteNet.from_config(plain)
+    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.1)  # a network that outputs something
+    widened = PaletteNet.from_config(masked)
+    widened.load_state_dict(with_mask_input(net.state_dict()))
+    assert widened.unet.conv_in.weight.shape[1] == 7 and torch.count_nonzero(widened.unet.conv_in.weight[:, 3]) == 0
+    x, condition = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    level = torch.tensor([0.9, 0.1])
+    before = net(x, level, network_input(plain, condition, mask))
+    assert torch.equal(widened(x, level, network_input(masked, condition, mask)), before)
+    wide = widened.state_dict()
+    assert with_mask_input(wide) is wide  # already wide: as it is
+    with torch.no_grad():
+        widened.unet.conv_in.weight[:, 3] = 0.1  # once trained, the mask reaches the output
+    assert (widened(x, level, network_input(masked, condition, mask))
+            - widened(x, level, network_input(masked, condition, 1 - mask))).abs().max() > 1e-4

@@ -220,6 +220,16 @@ def test_a_residual_model_starts_from_the_input_and_learns_the_residual(image_fo
     assert diffusion_loss(ideal, batch, config, levels, generator).abs().max() < 1e-12
     direct = replace(config, diffusion=replace(config.diffusion, residual=False))
     assert diffusion_loss(ideal, batch, direct, levels, generator).amin() > 1e-3
+    # With network.mask_input the network sees the mask beside the estimate, in training and in sampling.
+    seen = []
+    recording = lambda noisy, noise_level, condition: seen.append(condition) or torch.zeros_like(noisy)
+    masked = replace(config, network=replace(config.network, mask_input=True))
+    diffusion_loss(recording, batch, masked, levels, generator)
+    restore(Model(recording, replace(masked, diffusion=replace(masked.diffusion, objective="v")), torch.device("cpu")),
+            condition, mask, steps=2)
+    assert len(seen) == 3
+    for condition_seen in seen:
+        assert torch.equal(condition_seen, torch.cat([source_estimate(condition, mask), mask], dim=1))
     # Per-task residual scales: the target of sample i is its residual times its task's scale.
     scaled = replace(config, diffusion=replace(config.diffusion, residual_scale={"jpeg": 4.0, "inpainting": 2.0}))
     factor = torch.tensor([4.0, 2.0]).view(2, 1, 1, 1)
@@ -236,6 +246,11 @@ def test_a_run_can_start_from_trained_weights(tiny_config, image_folder, tmp_pat
     for name, value in first.ema.state_dict().items():
         assert torch.equal(second.net.state_dict()[name], value), name
         assert torch.equal(second.ema.state_dict()[name], value), name
+    # A network that takes the mask starts from one that did not: its mask weights at zero, the rest as trained.
+    masked = replace(started, network=replace(started.network, mask_input=True))
+    widened = train(masked, tmp_path / "masked", progress=False).net.state_dict()["unet.conv_in.weight"]
+    given = first.ema.state_dict()["unet.conv_in.weight"]
+    assert torch.count_nonzero(widened[:, 3]) == 0 and torch.equal(widened[:, [0, 1, 2, 4, 5, 6]], given)
     other = config_from_dict(tiny_values(image_folder, steps=1, init_from=str(tmp_path / "first")))
     other = replace(other, network=replace(other.network, base_channels=32))
     with pytest.raises(CheckpointError, match="first.*do not fit this network"):

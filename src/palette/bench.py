@@ -34,7 +34,7 @@ from .config import Config, apply_overrides, config_from_dict
 from .data import PaletteDataset, SampleNumbers
 from .diffusion import training_noise_levels
 from .inference import Model, restore
-from .network import PaletteNet, autocast, count_parameters
+from .network import PaletteNet, autocast, count_parameters, network_input
 from .samplers import SAMPLERS
 from .training import make_optimizer, optimization_step
 
@@ -158,12 +158,13 @@ def training_flops_per_image(net: PaletteNet, config: Config, batch: dict[str, t
     return counter.get_total_flops() / batch["target"].shape[0]
 
 
-def training_graph_breaks(net: PaletteNet, batch: dict[str, torch.Tensor]) -> int:
+def training_graph_breaks(net: PaletteNet, config: Config, batch: dict[str, torch.Tensor]) -> int:
     """Graph breaks torch._dynamo.explain finds in the region the trainer compiles (the network, training mode)."""
     torch._dynamo.reset()
     device = batch["target"].device
     noise_level = torch.full((batch["target"].shape[0],), 0.5, device=device)
-    explanation = torch._dynamo.explain(_copy_to(net, device).train())(batch["target"], noise_level, batch["condition"])
+    condition = network_input(config, batch["condition"], batch["mask"])
+    explanation = torch._dynamo.explain(_copy_to(net, device).train())(batch["target"], noise_level, condition)
     torch._dynamo.reset()
     return explanation.graph_break_count
 
@@ -353,7 +354,7 @@ def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16,
     if "data" in parts and data is not None:
         rows += _data_rows(net, config, device, data, warmup, repeats)
 
-    breaks = training_graph_breaks(net, synthetic_batch(config, 2, device)) if compile else "not checked"
+    breaks = training_graph_breaks(net, config, synthetic_batch(config, 2, device)) if compile else "not checked"
     command = bench_command([("--preset", preset), ("--size", image_size), ("--batch-size", batch_size),
                         ("--device", str(device)), ("--steps", steps), ("--samplers", ",".join(samplers)),
                         ("--sample-batch", sample_batch), ("--parts", ",".join(parts)), ("--data", data),

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from .config import (Config, ConfigError, DiffusionConfig, NetworkConfig, apply_overrides, config_from_dict,
                      config_to_dict)
 from .files import write_atomic
+from .network import with_mask_input
 
 CONFIG_KEY = "palette_config"
 
@@ -308,9 +309,10 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
     """Copy a checkpoint's EMA weights (fp16 storage by default) and config into one self-contained file.
 
     Several checkpoints give their uniform mean (a model soup, Wortsman et al. 2022): branches fine-tuned from
-    one trunk average into one network. They must share the network and the diffusion settings (dropout aside);
-    the config is the first one's. `overrides` (`sampling.KEY=VALUE`) change the sampling defaults stored with
-    the weights; nothing that shaped the training can be changed here.
+    one trunk average into one network. They must share the network and the diffusion settings, dropout aside;
+    a network without the mask input joins one with it listed first (with_mask_input). The config is the first
+    one's. `overrides` (`sampling.KEY=VALUE`) change the sampling defaults stored with the weights; nothing that
+    shaped the training can be changed here.
     """
     for override in overrides:
         if not override.startswith("sampling."):
@@ -322,6 +324,9 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
         if _architecture(other_config) != _architecture(config):  # the same network: the same tensors
             raise CheckpointError(f"{path}: another network or diffusion setting than {paths[0]}; only branches of "
                                   "one model can be averaged")
+        if other_config.network.mask_input and not config.network.mask_input:
+            raise CheckpointError(f"{path}: its network takes the mask and {paths[0]}'s does not; list it first")
+        other = with_mask_input(other) if config.network.mask_input else other
         state = {k: v + other[k] if v.is_floating_point() else v for k, v in state.items()}
     state = {k: v / len(paths) if v.is_floating_point() else v for k, v in state.items()}
     if overrides:
@@ -333,5 +338,6 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
 
 
 def _architecture(config: Config) -> tuple[NetworkConfig, DiffusionConfig]:
-    """What two checkpoints must share to be averaged: the network (dropout aside) and the diffusion settings."""
-    return replace(config.network, dropout=0.0), config.diffusion
+    """What two checkpoints must share to be averaged: the network (dropout and mask input aside) and the
+    diffusion settings."""
+    return replace(config.network, dropout=0.0, mask_input=False), config.diffusion

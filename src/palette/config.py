@@ -40,6 +40,9 @@ class NetworkConfig:
     norm_groups: int = 32
     dropout: float = 0.0
     gradient_checkpointing: bool = False
+    # The mask (1 = generate) as one more input channel beside the condition. A residual model's condition is
+    # the hole's OpenCV fill, which hides where the hole is; Palette's own condition marks it with noise.
+    mask_input: bool = False
 
 
 # Presets by name. `paper` is ADM-256 as used by Palette (App. A); `base` matches the

@@ -25,7 +25,7 @@ from .config import Config
 from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
 from .imageio import ImageError, check_unique_stems, list_images, load_image, save_image
 from .masks import EmptyMaskError, load_mask
-from .network import PaletteNet, autocast, regression_output
+from .network import PaletteNet, autocast, network_input, regression_output
 from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler, sdedit_start_step
 from .shards import rank_slice
 from .tasks import Task, get_task, source_estimate
@@ -149,7 +149,7 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
         offset = paste_known(init.to(model.device), condition, mask)
     else:
         offset = source_estimate(condition, mask) if residual_model else torch.zeros_like(condition)
-    network_condition = offset if residual_model else condition
+    network_condition = network_input(config, offset if residual_model else condition, mask)
     scale = residual_scale(config, task)
     has_known = bool(mask.amin() < 1)
     if config.diffusion.objective == "regression":

@@ -1,7 +1,7 @@
 """The Palette network: the U-Net of unet.py built from a preset, wrapped to take (x_t, noise_level, condition).
 
     net = PaletteNet.from_config(config)
-    out = net(noisy_target, noise_level, condition)   # eps, v or x0, as the objective says
+    out = net(noisy_target, noise_level, network_input(config, condition, mask))   # eps, v or x0
 
 The wrapper is the only place that knows how a noise level becomes the network's timestep input.
 """
@@ -15,10 +15,12 @@ from .config import Config, NetworkConfig
 from .diffusion import noise_level_to_timestep, training_log_snr_range, training_noise_levels
 from .unet import UNet
 
+IMAGE_CHANNELS = 3
+
 
 def build_unet(network: NetworkConfig, image_size: int) -> UNet:
     """The U-Net of `network`, its output layer zeroed: the first loss is that of predicting zero (ADM's zero_module)."""
-    unet = UNet(network, image_size)
+    unet = UNet(network, image_size, in_channels=IMAGE_CHANNELS * 2 + network.mask_input)
     nn.init.zeros_(unet.conv_out.weight)
     nn.init.zeros_(unet.conv_out.bias)
     unet.set_gradient_checkpointing(network.gradient_checkpointing)
@@ -39,14 +41,31 @@ class PaletteNet(nn.Module):
         return cls(build_unet(config.network, config.data.image_size), training_log_snr_range(levels))
 
     def forward(self, noisy_target: torch.Tensor, noise_level: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """`condition` is network_input's: the task's condition, and the mask if the network takes it."""
         timestep = noise_level_to_timestep(noise_level, self.log_snr_range)
         sample = torch.cat([condition, noisy_target], dim=1)
         return self.unet(sample, timestep)
 
 
+def network_input(config: Config, condition: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What the network sees beside x_t: the condition [N, 3, H, W], then the mask if `network.mask_input`."""
+    return torch.cat([condition, mask.to(condition)], dim=1) if config.network.mask_input else condition
+
+
+def with_mask_input(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of a network without the mask input, for one with it: the mask's input weights are zero, so the
+    network computes what it did until training moves them."""
+    weight = state["unet.conv_in.weight"]
+    if weight.shape[1] != IMAGE_CHANNELS * 2:
+        return state
+    mask_column = weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])
+    widened = torch.cat([weight[:, :IMAGE_CHANNELS], mask_column, weight[:, IMAGE_CHANNELS:]], dim=1)
+    return {**state, "unet.conv_in.weight": widened}
+
+
 def regression_output(net: nn.Module, condition: torch.Tensor) -> torch.Tensor:
     """The regression baseline (Palette §5.1): one forward pass from the condition, at the clean noise level."""
-    zeros = torch.zeros_like(condition)
+    zeros = condition.new_zeros(condition.shape[0], IMAGE_CHANNELS, *condition.shape[2:])
     return net(zeros, torch.ones(condition.shape[0], device=condition.device), condition).float()
 
 

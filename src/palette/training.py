@@ -34,7 +34,7 @@ from .diffusion import masked_loss, paste_known, q_sample, sample_noise_level, t
 from .files import write_atomic
 from .imageio import save_image
 from .inference import Model, restore
-from .network import PaletteNet, autocast, count_parameters, regression_output
+from .network import PaletteNet, autocast, count_parameters, network_input, regression_output, with_mask_input
 from .tasks import get_task, source_estimate
 
 
@@ -46,6 +46,7 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
         # The network sees the estimate it adds to (for holes, the OpenCV fill in place of Palette's noise).
         condition = source_estimate(condition, mask)
         target = (target - condition) * task_scales(config, target.device)[batch["task"]].view(-1, 1, 1, 1)
+    condition = network_input(config, condition, mask)
     objective = config.diffusion.objective
     size = target.shape[0]
     if objective == "regression":
@@ -281,7 +282,7 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
         if state is None and settings.init_from:
             weights = resolve_weights(settings.init_from)
             initial, _ = load_weights(weights)
-            load_state(net, initial, weights)
+            load_state(net, with_mask_input(initial) if config.network.mask_input else initial, weights)
             ema.load_state_dict(net.state_dict())
         if state is not None:
             net.load_state_dict(state["model"])
