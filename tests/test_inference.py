@@ -293,15 +293,25 @@ def test_a_task_strength_below_one_starts_from_the_input_estimate_and_runs_that_
 def test_a_task_final_denoising_step_asks_the_network_once_more_at_its_level():
     clean = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
     model = _model("v", clean, residual=True)
+    final = training_noise_levels(model.config.diffusion)[50].item()
+    # An ideal denoiser for the clean image at the final step's level, and for half of it at any other.
+    near, far = model.net, Oracle(clean / 2, "v", add_to_condition=True)
+    levels = []
+
+    def net(noisy, noise_level, condition):
+        levels.append(noise_level.item())
+        return (near if noise_level.item() == pytest.approx(final) else far)(noisy, noise_level, condition)
+
     sampling = replace(model.config.sampling, steps=4, task_final_denoise={"inpainting": 49})
-    model = Model(model.net, replace(model.config, sampling=sampling), model.device)
+    model = Model(net, replace(model.config, sampling=sampling), model.device)
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:6, 2:6] = 1
     condition = torch.where(mask > 0.5, 0.0, clean)
-    levels = []
-    model.net.register_forward_hook(lambda module, args, output: levels.append(args[1].item()))
     output = restore(model, condition, mask, task=get_task("inpainting"), seed=3)
-    assert len(levels) == 5 and levels[-1] == pytest.approx(training_noise_levels(model.config.diffusion)[50].item())
-    assert torch.allclose(output, clean, atol=2e-3)  # the ideal denoiser keeps the clean image
+    assert len(levels) == 5 and levels[-1] == pytest.approx(final)
+    assert torch.allclose(output, clean, atol=2e-3)  # the final step's estimate is the output
     restore(model, condition, mask, task=get_task("jpeg"), seed=3)
-    assert len(levels) == 5 + 4
+    assert len(levels) == 5 + 4 and final not in levels[5:]  # JPEG has no final step here
+    without = replace(model.config, sampling=replace(sampling, task_final_denoise={}))
+    output = restore(Model(net, without, model.device), condition, mask, task=get_task("inpainting"), seed=3)
+    assert torch.allclose(output, torch.where(mask > 0.5, clean / 2, clean), atol=2e-3)
