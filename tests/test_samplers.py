@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from palette.config import DiffusionConfig
+from palette.config import MAX_STEPS, DiffusionConfig
 from palette.diffusion import noise_level_to_timestep, training_log_snr_range, training_noise_levels
-from palette.samplers import MAX_STEPS, SAMPLERS, check_sampling, make_scheduler, run_sampler
+from palette.samplers import SAMPLERS, check_sampling, make_scheduler, run_sampler
 
 DIFFUSION = DiffusionConfig()
 TRAINED = training_noise_levels(DIFFUSION)

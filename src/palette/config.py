@@ -129,6 +129,8 @@ class TrainConfig:
 
 # Beyond a few, guidance only oversaturates (MODEL_CARD.md); a typo like 20 would return noise.
 MAX_GUIDANCE = 10
+# More steps than the paper's 1000-step chain never helps, and a typo like 5000 would run for hours.
+MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,7 @@ _NON_NEGATIVE = ("train.warmup_steps", "train.decay_steps", "train.weight_decay"
 
 
 # Each sampling default, also per task: its allowed values in words and as a test given the last training timestep.
-_SAMPLING_RANGES = {"steps": ("from 1 to 1000", lambda value, last: 1 <= value <= 1000),
+_SAMPLING_RANGES = {"steps": (f"from 1 to {MAX_STEPS}", lambda value, last: 1 <= value <= MAX_STEPS),
                     "guidance": (f"from 1 (off) to {MAX_GUIDANCE}", lambda value, last: 1 <= value <= MAX_GUIDANCE),
                     "strength": ("in (0, 1]", lambda value, last: 0 < value <= 1),
                     "final_denoise": ("from 0 (off) to {last}", lambda value, last: 0 <= value <= last)}

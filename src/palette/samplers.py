@@ -15,7 +15,7 @@ from typing import Any, Protocol, get_args
 import numpy as np
 import torch
 
-from .config import MAX_GUIDANCE, DiffusionConfig, SamplerName
+from .config import MAX_GUIDANCE, MAX_STEPS, DiffusionConfig, SamplerName
 from .diffusion import linear_betas, noise_levels, paste_known, training_noise_levels
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,9 +32,6 @@ class Scheduler(Protocol):
     timesteps: torch.Tensor
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, **options: Any) -> tuple: ...
-
-# More steps than the paper's 1000-step chain never helps, and a typo like 5000 would run for hours.
-MAX_STEPS = 1000
 
 
 class AncestralScheduler:

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import SamplingConfig
+from .config import MAX_STEPS, SamplingConfig
 from .imageio import load_image, save_image
 from .inference import Model, derive_seed, extend_image, restore_image
-from .samplers import MAX_STEPS, SAMPLERS
+from .samplers import SAMPLERS
 from .tasks import TASKS, get_task
 
 DEFAULT_HOST = "127.0.0.1"
