@@ -47,7 +47,9 @@ def test_the_mask_input_widens_a_trained_network_without_changing_what_it_comput
     net = PaletteNet.from_config(plain)
     torch.nn.init.normal_(net.unet.conv_out.weight, std=0.1)  # a network that outputs something
     widened = PaletteNet.from_config(masked)
-    widened.load_state_dict(with_mask_input(net.state_dict()))
+    narrow = net.state_dict()
+    assert with_mask_input(narrow, plain.network) is narrow  # a network without the mask input: as it is
+    widened.load_state_dict(with_mask_input(narrow, masked.network))
     assert widened.unet.conv_in.weight.shape[1] == 7 and torch.count_nonzero(widened.unet.conv_in.weight[:, 3]) == 0
     x, condition = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
@@ -55,7 +57,7 @@ def test_the_mask_input_widens_a_trained_network_without_changing_what_it_comput
     before = net(x, level, network_input(plain, condition, mask))
     assert torch.equal(widened(x, level, network_input(masked, condition, mask)), before)
     wide = widened.state_dict()
-    assert with_mask_input(wide) is wide  # already wide: as it is
+    assert with_mask_input(wide, masked.network) is wide  # already wide: as it is
     with torch.no_grad():
         widened.unet.conv_in.weight[:, 3] = 0.1  # once trained, the mask reaches the output
     assert (widened(x, level, network_input(masked, condition, mask))

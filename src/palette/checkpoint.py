@@ -310,9 +310,9 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
 
     Several checkpoints give their uniform mean (a model soup, Wortsman et al. 2022): branches fine-tuned from
     one trunk average into one network. They must share the network and the diffusion settings, dropout aside;
-    a network without the mask input joins one with it listed first (with_mask_input). The config is the first
-    one's. `overrides` (`sampling.KEY=VALUE`) change the sampling defaults stored with the weights; nothing that
-    shaped the training can be changed here.
+    a network without the mask input joins one with it listed first (with_mask_input widens it). The config is
+    the first one's. `overrides` (`sampling.KEY=VALUE`) change the sampling defaults stored with the weights;
+    nothing that shaped the training can be changed here.
     """
     for override in overrides:
         if not override.startswith("sampling."):
@@ -326,7 +326,7 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
                                   "one model can be averaged")
         if other_config.network.mask_input and not config.network.mask_input:
             raise CheckpointError(f"{path}: its network takes the mask and {paths[0]}'s does not; list it first")
-        other = with_mask_input(other) if config.network.mask_input else other
+        other = with_mask_input(other, config.network)
         state = {k: v + other[k] if v.is_floating_point() else v for k, v in state.items()}
     state = {k: v / len(paths) if v.is_floating_point() else v for k, v in state.items()}
     if overrides:

@@ -52,11 +52,11 @@ def network_input(config: Config, condition: torch.Tensor, mask: torch.Tensor) -
     return torch.cat([condition, mask.to(condition)], dim=1) if config.network.mask_input else condition
 
 
-def with_mask_input(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights of a network without the mask input, for one with it: the mask's input weights are zero, so the
-    network computes what it did until training moves them."""
+def with_mask_input(state: dict[str, torch.Tensor], network: NetworkConfig) -> dict[str, torch.Tensor]:
+    """Weights for `network`: those of a network without the mask input, for one with it, get zero weights for
+    the mask, so the network computes what it did until training moves them; any others come back as they are."""
     weight = state["unet.conv_in.weight"]
-    if weight.shape[1] != IMAGE_CHANNELS * 2:
+    if not network.mask_input or weight.shape[1] != IMAGE_CHANNELS * 2:
         return state
     mask_column = weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])
     widened = torch.cat([weight[:, :IMAGE_CHANNELS], mask_column, weight[:, IMAGE_CHANNELS:]], dim=1)

@@ -282,7 +282,7 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
         if state is None and settings.init_from:
             weights = resolve_weights(settings.init_from)
             initial, _ = load_weights(weights)
-            load_state(net, with_mask_input(initial) if config.network.mask_input else initial, weights)
+            load_state(net, with_mask_input(initial, config.network), weights)
             ema.load_state_dict(net.state_dict())
         if state is not None:
             net.load_state_dict(state["model"])
