@@ -21,17 +21,18 @@ serve: $(INSTALLED)
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
 
-# Training of the shipped default model, in resumable chunks at low priority (MODEL_CARD.md). The first chunk of a
-# fresh clone starts from the committed trunk (training/default-trunk.safetensors: the EMA weights of the
-# constant-lr run the shipped model is a cool-down branch of); stop it at any moment (Ctrl-C, kill) and run it again
-# to continue from the last checkpoint (every 250 steps, a few minutes). After a chunk, export the run over the trunk
-# and commit it; to ship, branch a cool-down off it as MODEL_CARD.md ("Reproducing it") says:
-#   palette export --checkpoint runs/default --out training/default-trunk.safetensors
+# Training of the shipped default model, in resumable chunks at low priority (MODEL_CARD.md). A chunk is a branch
+# from the committed shipped weights (configs/default-cpu.yaml: 4000 steps ending in a cool-down); stop it at any
+# moment (Ctrl-C, kill) and run it again to continue from the last checkpoint (every 250 steps, a few minutes). After
+# a chunk, soup it with the shipped weights, validate, and commit the soup if it passes more of the bars; then move
+# runs/default aside (never deleted) so that the next call starts the next chunk from the new weights:
+#   palette export --checkpoint runs/default --checkpoint $(SHIPPED) --out soup.safetensors
+SHIPPED := src/palette/assets/palette-multitask-64.safetensors
 train-default: $(INSTALLED)
 	test -f data/wallpapers/train.txt || $(VENV)/bin/palette data wallpapers --out data/wallpapers
 	if [ -f runs/default/checkpoints/latest ]; then \
 	  nice -n 19 $(VENV)/bin/palette train --resume runs/default; \
 	else \
 	  nice -n 19 $(VENV)/bin/palette train --config configs/default-cpu.yaml --run-dir runs/default \
-	    --set train.init_from=training/default-trunk.safetensors; \
+	    --set train.init_from=$(SHIPPED); \
 	fi

@@ -2,13 +2,13 @@
 
     python scripts/sweep.py --minutes 12 --out runs/sweep        # needs pip install -e '.[report]' for the plot
 
-Every point trains the default recipe (configs/default-cpu.yaml) from scratch with one change, for as many steps
-as its throughput on this machine, measured first in a short pilot run, fits in the budget. Each quarter of the
-budget is a checkpoint; its EMA weights restore 64 validation crops (the centre and three random crops of each
-validation image) for every set of scripts/validate.sh, with the shipped model's sampling defaults. Each row of
-OUT/results.jsonl is one (point, checkpoint, set); OUT/sweep.png plots them. A point whose run is complete is
-not trained again, so a stopped sweep goes on where it was. Run it on an otherwise idle machine: the budget is
-wall time.
+Every point trains the default recipe (configs/default-cpu.yaml) from scratch with one change, at a constant lr
+(no cool-down, so that each quarter is a point of one run), for as many steps as its throughput on this machine,
+measured first in a short pilot run, fits in the budget. Each quarter of the budget is a checkpoint; its EMA
+weights restore 64 validation crops (the centre and three random crops of each validation image) for every set of
+scripts/validate.sh, with the shipped model's sampling defaults. Each row of OUT/results.jsonl is one (point,
+checkpoint, set); OUT/sweep.png plots them. A point whose run is complete is not trained again, so a stopped sweep
+goes on where it was. Run it on an otherwise idle machine: the budget is wall time.
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ def run_point(label: str, overrides: list[str], args: argparse.Namespace, clean:
     done = run_dir / "results.json"
     if done.exists():
         return json.loads(done.read_text())
+    overrides = overrides + ["train.decay_steps=0"]
     images_per_second = throughput(overrides, args.config)
     batch = load_config(args.config).train.batch_size
     steps = max(CHECKPOINTS, round(args.minutes * 60 * images_per_second / batch / CHECKPOINTS) * CHECKPOINTS)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from palette.checkpoint import (CheckpointError, latest_checkpoint, load_weights, read_checkpoint,
                                 write_checkpoint)
 from palette.config import ConfigError, config_from_dict, load_config
+from palette.demo import shipped_model_path
 from palette.diffusion import sample_noise_level, training_noise_levels
 from palette.imageio import ImageError
 from palette.inference import Model, load_model, restore
@@ -257,18 +258,18 @@ def test_a_run_can_start_from_trained_weights(tiny_config, image_folder, tmp_pat
         train(other, tmp_path / "third", progress=False)
 
 
-def test_make_train_default_starts_from_the_committed_trunk(image_folder, tmp_path):
-    """A fresh clone's `make train-default`: the default recipe's network starts from the committed trunk's weights."""
-    trunk = REPO / "training" / "default-trunk.safetensors"
-    assert f"train.init_from={trunk.relative_to(REPO)}" in (REPO / "Makefile").read_text()
-    assert trunk.stat().st_size < 10e6  # the model issue: the repository grows by at most 10 MB per chunk
+def test_make_train_default_branches_from_the_shipped_model(image_folder, tmp_path):
+    """A fresh clone's `make train-default`: the default recipe starts from the shipped weights, and its network,
+    diffusion and sampling settings are the shipped model's, so a soup led by the chunk exports like it."""
+    shipped = shipped_model_path()
+    assert f"SHIPPED := {shipped.relative_to(REPO)}" in (REPO / "Makefile").read_text()
+    assert "train.init_from=$(SHIPPED)" in (REPO / "Makefile").read_text()
     config = load_config(REPO / "configs" / "default-cpu.yaml", [
-        f"data.source={image_folder}", f"data.preview_source={image_folder}", "train.steps=1", "train.batch_size=2",
-        f"train.init_from={trunk}"])
+        f"data.source={image_folder}", f"data.preview_source={image_folder}", "train.steps=1", "train.decay_steps=0",
+        "train.batch_size=2", f"train.init_from={shipped}"])
     started = train(replace(config, train=replace(config.train, lr=0.0)), tmp_path / "default", progress=False)
-    weights, stored = load_weights(trunk)
-    assert stored.network == config.network and stored.diffusion == config.diffusion
-    assert stored.data.tasks == config.data.tasks
+    weights, stored = load_weights(shipped)
+    assert (stored.network, stored.diffusion, stored.sampling) == (config.network, config.diffusion, config.sampling)
     ema = started.ema.state_dict()
     for name, value in weights.items():  # one step at lr 0 leaves them as they are
         assert torch.equal(ema[name], value.float()), name
