@@ -27,12 +27,14 @@ test: $(INSTALLED)
 # a chunk, soup it with the shipped weights, validate, and commit the soup if it passes more of the bars; then move
 # runs/default aside (never deleted) so that the next call starts the next chunk from the new weights:
 #   palette export --checkpoint runs/default --checkpoint $(SHIPPED) --out soup.safetensors
+# A chunk from the same weights repeats the last one exactly: give the next another seed (make train-default SEED=9).
 SHIPPED := src/palette/assets/palette-multitask-64.safetensors
+SEED ?= 8
 train-default: $(INSTALLED)
 	test -f data/wallpapers/train.txt || $(VENV)/bin/palette data wallpapers --out data/wallpapers
 	if [ -f runs/default/checkpoints/latest ]; then \
 	  nice -n 19 $(VENV)/bin/palette train --resume runs/default; \
 	else \
 	  nice -n 19 $(VENV)/bin/palette train --config configs/default-cpu.yaml --run-dir runs/default \
-	    --set train.init_from=$(SHIPPED); \
+	    --set train.init_from=$(SHIPPED) --set train.seed=$(SEED); \
 	fi
