@@ -155,3 +155,13 @@ def test_final_denoising_steps_are_timesteps_of_the_training_schedule_per_task()
         config_from_dict({"sampling": {"task_final_denoise": {"jpeg": 2000}}})
     with pytest.raises(ConfigError, match=r"sampling.final_denoise: must be from 0 \(off\) to 99, got -1"):
         config_from_dict({"diffusion": {"train_steps": 100}, "sampling": {"final_denoise": -1}})
+
+
+def test_keeping_the_estimates_colour_is_a_per_task_switch():
+    sampling = config_from_dict({"sampling": {"task_estimate_chroma": {"uncropping": True}}}).sampling
+    assert [sampling.for_task("estimate_chroma", task) for task in ("uncropping", "jpeg", None)] == [True, False, False]
+    assert sampling.describe("uncropping") == "20 steps, colour from its estimate"
+    with pytest.raises(ConfigError, match="sampling.task_estimate_chroma.jpeg: expected true or false, got 1"):
+        config_from_dict({"sampling": {"task_estimate_chroma": {"jpeg": 1}}})
+    with pytest.raises(ConfigError, match="sampling.task_estimate_chroma: unknown task 'deblur'"):
+        config_from_dict({"sampling": {"task_estimate_chroma": {"deblur": True}}})

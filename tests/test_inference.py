@@ -12,7 +12,7 @@ from palette.config import config_from_dict
 from palette.diffusion import training_noise_levels, v_target
 from palette.inference import Model, derive_seed, make_denoiser, restore, sample_folder
 from palette.samplers import SAMPLERS
-from palette.tasks import get_task, source_estimate
+from palette.tasks import get_task, luma, source_estimate
 from palette.unet import SelfAttention
 
 from conftest import save_tiny_model, tiny_values
@@ -315,3 +315,23 @@ def test_a_task_final_denoising_step_asks_the_network_once_more_at_its_level():
     without = replace(model.config, sampling=replace(sampling, task_final_denoise={}))
     output = restore(Model(net, without, model.device), condition, mask, task=get_task("inpainting"), seed=3)
     assert torch.allclose(output, torch.where(mask > 0.5, clean / 2, clean), atol=2e-3)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_keeping_the_estimates_colour_takes_only_the_luma_of_what_the_network_adds(residual):
+    clean = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 1.6 - 0.8
+    model = _model("v", clean, residual=residual)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:7, 1:6] = 1
+    condition = torch.where(mask > 0.5, 0.0, clean)
+    task = get_task("inpainting")
+    plain = restore(model, condition, mask, task=task, seed=3)
+    assert torch.allclose(plain, clean, atol=2e-3)  # the ideal denoiser, colour and all
+    sampling = replace(model.config.sampling, task_estimate_chroma={"inpainting": True})
+    kept = restore(Model(model.net, replace(model.config, sampling=sampling), model.device), condition, mask,
+                   task=task, seed=3)
+    fill = source_estimate(condition, mask)
+    assert torch.allclose(luma(kept), luma(clean), atol=2e-3)  # the luma is the network's
+    assert torch.allclose(kept - luma(kept), fill - luma(fill), atol=2e-3)  # the colour is the fill's
+    assert torch.equal(kept * (1 - mask), condition * (1 - mask))  # known pixels exact
+    assert (kept - clean).abs().amax() > 0.05  # and the fill's colour differs from the truth here

@@ -18,7 +18,6 @@ from typing import Any, Literal
 import yaml
 
 
-
 class ConfigError(ValueError):
     """A config file or override that names an unknown key or holds an invalid value."""
 
@@ -154,9 +153,13 @@ class SamplingConfig:
     # Jolicoeur-Martineau et al. 2021). One more network call per sample (two with guidance); 0 is off.
     final_denoise: int = 0
     task_final_denoise: dict[str, int] = field(default_factory=dict)
+    # True keeps the colour of the input's own estimate (source_estimate, e.g. a hole's OpenCV fill) and takes
+    # only the luma of what the network adds: a small model's colours in holes are speckle and blotches.
+    estimate_chroma: bool = False
+    task_estimate_chroma: dict[str, bool] = field(default_factory=dict)
 
     def for_task(self, name: str, task: str | None) -> Any:
-        """The default `name` ("steps", "guidance", "strength", "final_denoise") for `task`; None: model-wide."""
+        """The default `name` ("steps", "guidance", "strength", ...: a task_* field) for `task`; None: model-wide."""
         default = getattr(self, name)
         return getattr(self, f"task_{name}").get(task, default) if task is not None else default
 
@@ -169,8 +172,9 @@ class SamplingConfig:
 
     def describe(self, task: str | None) -> str:
         """The defaults for `task` in words, e.g. "20 steps from its estimate re-noised 20%, guidance 1.5"."""
-        steps, strength, guidance, final = (self.for_task(name, task) for name in
-                                            ("steps", "strength", "guidance", "final_denoise"))
+        steps, strength, guidance, final, chroma = (self.for_task(name, task) for name in
+                                                    ("steps", "strength", "guidance", "final_denoise",
+                                                     "estimate_chroma"))
         words = f"{steps} step{'s' * (steps != 1)}"
         if strength < 1:
             words += f" from its estimate re-noised {strength:.0%}"
@@ -178,7 +182,7 @@ class SamplingConfig:
             words += f", guidance {guidance:g}"
         if final:
             words += f", then denoised at t = {final}"
-        return words
+        return words + ", colour from its estimate" * chroma
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,8 @@ _NON_NEGATIVE = ("train.warmup_steps", "train.decay_steps", "train.weight_decay"
 _SAMPLING_RANGES = {"steps": (f"from 1 to {MAX_STEPS}", lambda value, last: 1 <= value <= MAX_STEPS),
                     "guidance": (f"from 1 (off) to {MAX_GUIDANCE}", lambda value, last: 1 <= value <= MAX_GUIDANCE),
                     "strength": ("in (0, 1]", lambda value, last: 0 < value <= 1),
-                    "final_denoise": ("from 0 (off) to {last}", lambda value, last: 0 <= value <= last)}
+                    "final_denoise": ("from 0 (off) to {last}", lambda value, last: 0 <= value <= last),
+                    "estimate_chroma": ("true or false", lambda value, last: isinstance(value, bool))}
 
 
 def _validate(config: Config) -> Config:
@@ -336,10 +341,7 @@ def _validate(config: Config) -> Config:
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build and validate a Config from plain nested mappings."""
     values = dict(values or {})
-    if "network" in values:
-        values["network"] = _network_values(values["network"] or {})
-    else:
-        values["network"] = _network_values({})
+    values["network"] = _network_values(values.get("network") or {})
     return _validate(_build(Config, values, ""))
 
 

@@ -28,7 +28,7 @@ from .masks import EmptyMaskError, load_mask
 from .network import PaletteNet, autocast, network_input, regression_output
 from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler, sdedit_start_step
 from .shards import rank_slice
-from .tasks import Task, get_task, source_estimate
+from .tasks import Task, get_task, luma, source_estimate
 from .tiling import Preview, TiledNetwork, TileGrid
 from .unet import perturbed_attention
 
@@ -130,6 +130,7 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     sampling starts from it re-noised `strength` of the way (SDEdit, Meng et al. 2022) and runs that share of
     the steps; a residual model then adds its output to `init` (known pixels pasted), its best estimate so far.
     Without `init`, a strength below 1 starts from the input's own estimate (source_estimate).
+    Where the model's sampling defaults say `estimate_chroma` for `task`, only the luma of the change is kept.
     """
     config = model.config
     sampler = sampler or config.sampling.sampler
@@ -167,7 +168,11 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
                                start=None if init is None else (init.to(model.device) - offset) * scale,
                                start_step=sdedit_start_step(steps, strength),
                                final_level=final_level(config, task))
-    return paste_known(finish(offset + residual / scale), condition if has_known else None, mask)
+    restored = offset + residual / scale
+    if config.sampling.for_task("estimate_chroma", task.name if task is not None else None):
+        estimate = offset if residual_model else source_estimate(condition, mask) if init is None else init
+        restored = estimate + luma(restored - estimate)  # the estimate's colour, the restored luma
+    return paste_known(finish(restored), condition if has_known else None, mask)
 
 
 def size_multiple(config: Config) -> int:
