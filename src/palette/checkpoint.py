@@ -321,7 +321,7 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
     state, config = load_weights(resolve_weights(paths[0]))
     for path in paths[1:]:
         other, other_config = load_weights(resolve_weights(path))
-        if _architecture(other_config) != _architecture(config):  # the same network: the same tensors
+        if architecture(other_config) != architecture(config):  # the same network: the same tensors
             raise CheckpointError(f"{path}: another network or diffusion setting than {paths[0]}; only branches of "
                                   "one model can be averaged")
         if other_config.network.mask_input and not config.network.mask_input:
@@ -337,7 +337,7 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
     return out
 
 
-def _architecture(config: Config) -> tuple[NetworkConfig, DiffusionConfig]:
-    """What two checkpoints must share to be averaged: the network (dropout and mask input aside) and the
-    diffusion settings."""
+def architecture(config: Config) -> tuple[NetworkConfig, DiffusionConfig]:
+    """What two checkpoints must share to be averaged, or to guide one another: the network (dropout and mask
+    input aside) and the diffusion settings."""
     return replace(config.network, dropout=0.0, mask_input=False), config.diffusion

@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", choices=SAMPLERS, help="default: the model's configured sampler")
     sample.add_argument("--steps", type=int, help="sampling steps, 1 to 1000 (default: the model's configured steps)")
     sample.add_argument("--guidance", type=float,
-                        help="perturbed-attention guidance weight, 1 (off) to 10 (default: the model's for the task)")
+                        help="guidance weight, 1 (off) to 10, away from the model's twin (sampling.guide) or else its "
+                             "perturbed-attention self (default: the model's for the task)")
     sample.add_argument("--strength", type=float,
                         help="start from the input's own estimate re-noised this share of the way, in (0, 1]; "
                              "1 starts from pure noise (default: the model's for the task)")

@@ -134,16 +134,18 @@ MAX_STEPS = 1000
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """The default sampler used by `palette sample` and the preview grids; each task_* dict overrides its default
-    for the tasks it names (chosen on validation data; MODEL_CARD.md)."""
+    """The default sampler of `palette sample` and the preview grids; each task_* dict overrides its default for
+    the tasks it names (chosen on validation data; MODEL_CARD.md)."""
 
     sampler: SamplerName = "dpmpp"
     steps: int = 20
     task_steps: dict[str, int] = field(default_factory=dict)
-    # Perturbed-attention guidance weight w (unet.perturbed_attention): the x0 estimate is weak + w (full - weak);
-    # 1 is off and costs one network call per step, any other weight two.
+    # Guidance weight w: the x0 estimate is weak + w (full - weak); 1 is off and costs one network call per step,
+    # any other weight two. The weak model (guidance.py) is the network with perturbed attention, or where `guide`
+    # names a weights file (beside the model's, else bundled), that less-trained twin of it (autoguidance).
     guidance: float = 1.0
     task_guidance: dict[str, float] = field(default_factory=dict)
+    guide: str = ""
     # Below 1, sampling starts from the input's own estimate (source_estimate) re-noised this share of the way and
     # runs this share of the steps (SDEdit, Meng et al. 2022); 1 starts from pure noise.
     strength: float = 1.0
@@ -172,14 +174,13 @@ class SamplingConfig:
 
     def describe(self, task: str | None) -> str:
         """The defaults for `task` in words, e.g. "20 steps from its estimate re-noised 20%, guidance 1.5"."""
-        steps, strength, guidance, final, chroma = (self.for_task(name, task) for name in
-                                                    ("steps", "strength", "guidance", "final_denoise",
-                                                     "estimate_chroma"))
+        names = ("steps", "strength", "guidance", "final_denoise", "estimate_chroma")
+        steps, strength, guidance, final, chroma = (self.for_task(name, task) for name in names)
         words = f"{steps} step{'s' * (steps != 1)}"
         if strength < 1:
             words += f" from its estimate re-noised {strength:.0%}"
         if guidance != 1:
-            words += f", guidance {guidance:g}"
+            words += f", {'auto' * bool(self.guide)}guidance {guidance:g}"
         if final:
             words += f", then denoised at t = {final}"
         return words + ", colour from its estimate" * chroma
@@ -306,14 +307,13 @@ def _validate(config: Config) -> Config:
                               f"expected 0 < start <= end < 1, got {start}, {end}")
     from .tasks import TASKS  # the registry is the one list of task names; imported here, not at start-up
 
-    tasks = tuple(TASKS)
     sampling = config.sampling
     per_task = {"data.tasks": config.data.tasks, "diffusion.residual_scale": config.diffusion.residual_scale,
                 **{f"sampling.task_{name}": getattr(sampling, f"task_{name}") for name in _SAMPLING_RANGES}}
     for key, values in per_task.items():
         for name in values:
-            if name not in tasks:
-                raise ConfigError(f"{key}: unknown task {name!r}; expected some of {', '.join(tasks)}")
+            if name not in TASKS:
+                raise ConfigError(f"{key}: unknown task {name!r}; expected some of {', '.join(TASKS)}")
     for name, weight in config.data.tasks.items():
         if weight < 0:
             raise ConfigError(f"data.tasks.{name}: weight must be >= 0, got {weight}")
@@ -372,7 +372,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         *parents, leaf = name.split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(text)
+        target[leaf] = yaml.safe_load(text) if text else ""  # `key=` is the empty string
     return values
 
 

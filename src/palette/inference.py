@@ -23,6 +23,7 @@ import torch
 from .checkpoint import check_device, load_state, load_weights, resolve_weights
 from .config import Config
 from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
+from .guidance import load_guide, weak_network
 from .imageio import ImageError, check_unique_stems, list_images, load_image, save_image
 from .masks import EmptyMaskError, load_mask
 from .network import PaletteNet, autocast, network_input, regression_output
@@ -30,16 +31,16 @@ from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, ru
 from .shards import rank_slice
 from .tasks import Task, get_task, luma, source_estimate
 from .tiling import Preview, TiledNetwork, TileGrid
-from .unet import perturbed_attention
 
 
 @dataclass
 class Model:
-    """A network with its config, ready to sample."""
+    """A network with its config, ready to sample; `guide`: the weights of its guidance twin (load_guide)."""
 
     net: PaletteNet
     config: Config
     device: torch.device
+    guide: list[torch.Tensor] | None = None
 
     @property
     def image_size(self) -> int:
@@ -53,7 +54,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
     net = PaletteNet.from_config(config)
     load_state(net, state, path)
     device = check_device(device)
-    return Model(net.to(device).eval().requires_grad_(False), config, device)
+    return Model(net.to(device).eval().requires_grad_(False), config, device, load_guide(config, path.parent, device))
 
 
 Precision = Literal["fp32", "bf16"]
@@ -61,14 +62,15 @@ Precision = Literal["fp32", "bf16"]
 
 def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor, offset: torch.Tensor,
                   finish: Callable[[torch.Tensor], torch.Tensor], precision: Precision = "fp32",
-                  scale: float = 1.0, guidance: float = 1.0) -> Denoiser:
+                  scale: float = 1.0, guidance: float = 1.0, guide: list[torch.Tensor] | None = None) -> Denoiser:
     """Turn the network's eps or v output into an x0 prediction whose image, offset + x0 / scale, is finished.
 
     `offset` is the source estimate of a residual model, else zeros, and `scale` the task's residual scale
     (DiffusionConfig.residual_scale); `finish` makes an image agree with
     the input and clips it to [-1, 1], as SR3 and Palette clip the estimate. Sampling runs in float32 unless
     asked: with eps-prediction a bf16 error is amplified by up to 1/sqrt(gamma) in x0. With `guidance` w != 1
-    the output is weak + w (output - weak), weak being the network with perturbed attention (SamplingConfig).
+    the output is weak + w (output - weak), weak being the network with perturbed attention, or with the weights
+    `guide` of its twin (guidance.weak_network).
     """
     objective = config.diffusion.objective
 
@@ -76,7 +78,7 @@ def make_denoiser(net: torch.nn.Module, config: Config, condition: torch.Tensor,
         with autocast(precision, condition.device):
             output = net(noisy, noise_level, condition).float()
             if guidance != 1:
-                with perturbed_attention(net):
+                with weak_network(net, guide):
                     weak = net(noisy, noise_level, condition).float()
                 output = weak + guidance * (output - weak)
         clean = x0_from_eps(noisy, noise_level, output) if objective == "eps" else x0_from_v(noisy, noise_level, output)
@@ -157,7 +159,8 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
         residual = regression_output(model.net, network_condition)
     else:
         scheduler = make_scheduler(sampler, config.diffusion, steps)
-        denoise = make_denoiser(model.net, config, network_condition, offset, finish, precision, scale, guidance)
+        denoise = make_denoiser(model.net, config, network_condition, offset, finish, precision, scale, guidance,
+                                model.guide)
         as_images = None if callback is None else \
             lambda index, x, predicted: callback(index, offset + x / scale, offset + predicted / scale)
         residual = run_sampler(denoise, scheduler, condition.shape,
@@ -215,7 +218,7 @@ class TaskSampler:
             lambda index, x, predicted: on_estimate(predicted[0].cpu()) if index == 0 else None
         with tqdm(total=tiles * calls, desc=label, unit="tile", disable=not self.progress, leave=False) as bar:
             net.on_tiles = bar.update
-            restored = restore(Model(net, config, self.model.device), degraded.condition[None], degraded.mask[None],
+            restored = restore(replace(self.model, net=net), degraded.condition[None], degraded.mask[None],
                                sampler=self.sampler, steps=steps, seed=[seed], callback=callback, task=self.task,
                                precision=self.precision, init=None if init is None else init[None], strength=strength,
                                guidance=guidance)

@@ -33,6 +33,7 @@ from .data import preview_examples, task_names, training_loader
 from .diffusion import masked_loss, paste_known, q_sample, sample_noise_level, training_noise_levels, v_target
 from .files import write_atomic
 from .imageio import save_image
+from .guidance import load_guide
 from .inference import Model, restore
 from .network import PaletteNet, autocast, count_parameters, network_input, regression_output, with_mask_input
 from .tasks import get_task, source_estimate
@@ -303,6 +304,7 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
         names = task_names(config.data)
         levels = training_noise_levels(config.diffusion).to(device)
         generator = torch.Generator(device)
+        guide = load_guide(config, device=device) if rank == 0 else None  # guidance's twin, for the previews
 
         writer = None
         if rank == 0:
@@ -350,7 +352,8 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
                     if world > 1:
                         dist.barrier()
                 if rank == 0 and (done % settings.sample_every == 0 or done == settings.steps):
-                    _preview(Model(ema, config, device), preview, names, run_dir / "samples" / f"step_{done:08d}.png")
+                    _preview(Model(ema, config, device, guide), preview, names,
+                             run_dir / "samples" / f"step_{done:08d}.png")
         finally:  # also on an error, so that its message starts a line of its own
             bar.close()
             if writer is not None:
