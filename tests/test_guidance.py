@@ -7,7 +7,8 @@ import torch
 
 from palette.checkpoint import CheckpointError, export_weights, save_weights
 from palette.config import config_from_dict
-from palette.guidance import weak_network
+from palette.demo import shipped_model_path
+from palette.guidance import load_guide, weak_network
 from palette.inference import load_model, make_denoiser
 from palette.network import PaletteNet
 
@@ -75,3 +76,10 @@ def test_a_missing_or_foreign_guide_is_named_and_a_twin_without_the_mask_is_wide
     assert conv_in.shape[1] == 7 and not conv_in[:, 3].any()  # the mask's column starts at zero
     torch.testing.assert_close(conv_in[:, [0, 1, 2, 4, 5, 6]], twin.unet.conv_in.weight)
 
+
+def test_the_shipped_model_finds_its_bundled_guide_from_anywhere(tmp_path):
+    model = load_model(shipped_model_path(), "cpu")
+    assert model.config.sampling.guide and model.config.sampling.for_task("guidance", "colorization") > 1
+    elsewhere = load_guide(model.config, tmp_path)  # not beside: the bundled file
+    assert all(torch.equal(a, b) for a, b in zip(elsewhere, model.guide))
+    assert any(not torch.equal(a, b) for a, b in zip(model.guide, model.net.parameters()))
