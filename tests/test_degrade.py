@@ -12,7 +12,8 @@ from PIL import Image
 from palette.degrade import degrade_folder
 from palette.imageio import ImageError, load_image
 from palette.masks import load_mask, uncropping_mask
-from palette.tasks import get_task, jpeg_roundtrip, luma
+from palette.jpeg import jpeg_roundtrip
+from palette.tasks import get_task, luma
 
 SIZES = {"a": (80, 64), "b": (64, 64), "c": (70, 90)}  # width, height
 

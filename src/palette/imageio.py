@@ -15,6 +15,7 @@ Every image palette reads goes through `open_image`, which decodes a file the wa
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -158,6 +159,13 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
     array = ((tensor.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     array = array.permute(1, 2, 0).numpy()
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def encode_image(tensor: torch.Tensor, image_format: str, **options: object) -> bytes:
+    """A [C, H, W] tensor in [-1, 1] as the bytes of an 8-bit image file in `image_format` (Pillow's options)."""
+    buffer = io.BytesIO()
+    tensor_to_pil(tensor).save(buffer, format=image_format, **options)
+    return buffer.getvalue()
 
 
 def load_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:

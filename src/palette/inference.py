@@ -132,7 +132,8 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     sampling starts from it re-noised `strength` of the way (SDEdit, Meng et al. 2022) and runs that share of
     the steps; a residual model then adds its output to `init` (known pixels pasted), its best estimate so far.
     Without `init`, a strength below 1 starts from the input's own estimate (source_estimate).
-    Where the model's sampling defaults say `estimate_chroma` for `task`, only the luma of the change is kept.
+    Where the model's sampling defaults say `estimate_chroma` for `task`, only the luma of the change is kept;
+    the task then keeps as much of the change as it trusts (Task.temper: a JPEG by its quality).
     """
     config = model.config
     sampler = sampler or config.sampling.sampler
@@ -175,7 +176,8 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     if config.sampling.for_task("estimate_chroma", task.name if task is not None else None):
         estimate = offset if residual_model else source_estimate(condition, mask) if init is None else init
         restored = estimate + luma(restored - estimate)  # the estimate's colour, the restored luma
-    return paste_known(finish(restored), condition if has_known else None, mask)
+    restored = finish(restored) if task is None else task.temper(finish(restored), condition)
+    return paste_known(restored, condition if has_known else None, mask)
 
 
 def size_multiple(config: Config) -> int:
@@ -310,7 +312,7 @@ class PreparedInput:
 def prepare_input(task_name: str, image_path: Path, mask_path: Path | None, size: int | None = None,
                   seed: int = 0) -> PreparedInput:
     """A user's image (and mask) -> condition and mask; `size`, if given, is the side a batch needs."""
-    task = get_task(task_name)
+    task = get_task(task_name).for_file(image_path)
     image, mask = load_input(task, image_path, mask_path)
     if size is not None and tuple(image.shape[1:]) != (size, size):
         raise ImageError(f"{image_path}: {image.shape[2]}x{image.shape[1]}, expected {size}x{size}")
@@ -386,7 +388,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
             if not overwrite and (output / name).is_file():
                 continue
             show = None if preview is None else lambda coarse, name=name: save_image(coarse, Path(preview) / name)
-            restored = restore_image(model, task_to_run, image, image_mask, sampler=sampler, steps=steps,
+            restored = restore_image(model, task_to_run.for_file(path), image, image_mask, sampler=sampler, steps=steps,
                                      seed=derive_seed(seed, path.name, str(k)), precision=precision,
                                      progress=progress, preview=show, tile=tile, overlap=overlap,
                                      tile_batch=batch_size, guidance=guidance, strength=strength)

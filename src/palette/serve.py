@@ -122,7 +122,7 @@ def restore_upload(model: Model, task_name: str, photo: str | Path, strokes: np.
     """One UI request: read the upload, restore it `samples` times at its own size with restore_image/extend_image."""
     from tqdm import tqdm
 
-    task = get_task(task_name)
+    task = get_task(task_name).for_file(photo)  # a JPEG its quality, as `palette sample` reads it
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
         raise ValueError(f"samples must be from 1 to {MAX_SAMPLES}, got {samples!r}")
     photo = Path(photo)

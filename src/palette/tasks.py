@@ -10,17 +10,17 @@ derives task names from the registry TASKS.
 
 from __future__ import annotations
 
-import io
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
 from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .imageio import pil_to_tensor, tensor_to_pil
+from .imageio import encode_image
+from .jpeg import check_quality, correction_share, file_quality, jpeg_bytes, jpeg_roundtrip, sample_jpeg_quality
 from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
 from .tiling import LowResolution, TileGrid, Tiled
 from .windows import FillWindows
@@ -119,6 +119,14 @@ class Task(ABC):
         """
         return image
 
+    def temper(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """A finished restoration [..., 3, H, W] of the input `given`, with as much of its change as is trusted."""
+        return image
+
+    def for_file(self, path: str | Path) -> Task:
+        """The task as a user's input file describes it (a JPEG its quality); the same task for most."""
+        return self
+
     @abstractmethod
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
         """The file a user would have for this clean image.
@@ -169,12 +177,6 @@ def _full_mask(image: torch.Tensor) -> torch.Tensor:
     return torch.ones(1, *image.shape[1:], dtype=torch.float32)
 
 
-def _encode(image: torch.Tensor, image_format: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    tensor_to_pil(image).save(buffer, format=image_format, **options)
-    return buffer.getvalue()
-
-
 def luma(image: torch.Tensor) -> torch.Tensor:
     """BT.601 luma [..., 1, H, W] of RGB images [..., 3, H, W] (gray [..., 1, H, W] images are returned as is)."""
     if image.ndim < 3 or image.shape[-3] not in (1, 3):
@@ -208,7 +210,7 @@ class Colorization(Task):
 
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
         _check_image(image, (3,))
-        return UserInput(_encode(luma(image), "PNG"), ".png", None)
+        return UserInput(encode_image(luma(image), "PNG"), ".png", None)
 
     def keep_input(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         # Only chroma is generated; the luma is given (as colorization tools keep L of Lab). The BT.601
@@ -259,7 +261,7 @@ class _KnownRegionTask(Task):
         mask = self.draw_mask(*image.shape[1:], rng)
         # The user's hole holds no information: mid-gray (0 in [-1, 1]).
         with_hole = torch.where(mask > 0.5, torch.zeros_like(image), image)
-        return UserInput(_encode(with_hole, "PNG"), ".png", mask)
+        return UserInput(encode_image(with_hole, "PNG"), ".png", mask)
 
 
 @register_task
@@ -297,30 +299,6 @@ class Uncropping(_KnownRegionTask):
 
     def draw_mask(self, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
         return uncropping_mask(height, width, rng, self.side)
-
-
-def sample_jpeg_quality(rng: np.random.Generator, low: int = 5, high: int = 30) -> int:
-    """A JPEG quality factor in [low, high] with p(Q) ∝ exp(-Q/10) (Palette App. B)."""
-    qualities = np.arange(low, high + 1)
-    weights = np.exp(-qualities / 10)
-    return int(rng.choice(qualities, p=weights / weights.sum()))
-
-
-def _check_quality(quality: int) -> None:
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be an integer in [1, 100], got {quality!r}")
-
-
-def jpeg_bytes(image: torch.Tensor, quality: int) -> bytes:
-    """Encode an image [3, H, W] in [-1, 1] as JPEG at `quality` (Pillow, default subsampling)."""
-    _check_quality(quality)
-    return _encode(image, "JPEG", quality=quality)
-
-
-def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """The image after JPEG compression at `quality` and decoding, [3, H, W] in [-1, 1]."""
-    with Image.open(io.BytesIO(jpeg_bytes(image, quality))) as decoded:
-        return pil_to_tensor(decoded.convert("RGB"))
 
 
 JPEG_LOW_PASS_SIGMA = 6.0  # pixels: removes the 8- and 16-pixel block grids of luma and 4:2:0 chroma
@@ -367,7 +345,7 @@ class JpegRestoration(Task):
 
     def __post_init__(self) -> None:
         if self.quality is not None:
-            _check_quality(self.quality)
+            check_quality(self.quality)
 
     def draw_quality(self, rng: np.random.Generator) -> int:
         """The quality for one image."""
@@ -395,4 +373,11 @@ class JpegRestoration(Task):
         # JPEG quantises the lowest frequencies finely (ITU T.81 Annex K tables), so the input's blurred
         # content is close to the truth: keep it, and take from the model only what lies above it.
         return image - low_pass(image) + low_pass(given)
+
+    def temper(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        # Trained on heavy compression, the model over-corrects a lighter JPEG: keep a share that its Q sets.
+        return given + correction_share(self.quality) * (image - given)
+
+    def for_file(self, path: str | Path) -> JpegRestoration:
+        return self if self.quality is not None else replace(self, quality=file_quality(path))
 
