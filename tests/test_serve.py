@@ -166,6 +166,23 @@ def test_each_task_gives_what_the_cli_gives(served, task, tmp_path):
         assert "converted to gray" not in notes
 
 
+def test_a_light_jpeg_keeps_the_share_of_the_change_its_quality_sets_as_in_the_cli(served, tmp_path):
+    from palette.inference import sample_folder
+
+    client, checkpoint, *_ = served
+    Image.open(write_photo(tmp_path / "source.png")).save(tmp_path / "light.jpg", quality=90)
+    Image.open(tmp_path / "light.jpg").save(tmp_path / "decoded.png")  # the same pixels, no quantisation tables
+    _, _, files, _ = _restore(client, tmp_path / "light.jpg", "jpeg", samples=1)
+    cli = sample_folder(checkpoint, "jpeg", tmp_path / "light.jpg", tmp_path / "cli", device="cpu", progress=False,
+                        **OPTIONS)
+    np.testing.assert_array_equal(_pixels(files[0]), _pixels(cli[0]))  # the upload's own file: its quality
+    whole = sample_folder(checkpoint, "jpeg", tmp_path / "decoded.png", tmp_path / "whole", device="cpu",
+                          progress=False, **OPTIONS)
+    given = _pixels(tmp_path / "decoded.png").astype(int)
+    change, whole_change = (np.abs(_pixels(path).astype(int) - given).mean() for path in (files[0], whole[0]))
+    assert change < 0.2 * whole_change  # Q 90 keeps 6% of the correction
+
+
 def test_a_gray_photo_is_not_converted(served, tmp_path):
     client, *_ = served
     photo = tmp_path / "gray.png"
