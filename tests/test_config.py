@@ -165,3 +165,13 @@ def test_keeping_the_estimates_colour_is_a_per_task_switch():
         config_from_dict({"sampling": {"task_estimate_chroma": {"jpeg": 1}}})
     with pytest.raises(ConfigError, match="sampling.task_estimate_chroma: unknown task 'deblur'"):
         config_from_dict({"sampling": {"task_estimate_chroma": {"deblur": True}}})
+
+
+def test_the_chroma_filter_is_a_radius_per_task():
+    sampling = config_from_dict({"sampling": {"task_chroma_filter": {"colorization": 1}}}).sampling
+    assert [sampling.for_task("chroma_filter", task) for task in ("colorization", "jpeg", None)] == [1, 0, 0]
+    assert sampling.describe("colorization") == "20 steps, colour smoothed (radius 1)"
+    with pytest.raises(ConfigError, match=r"sampling.task_chroma_filter.colorization: must be from 0 \(off\) to 8"):
+        config_from_dict({"sampling": {"task_chroma_filter": {"colorization": 9}}})
+    with pytest.raises(ConfigError, match="sampling.chroma_filter: expected an integer, got 1.5"):
+        config_from_dict({"sampling": {"chroma_filter": 1.5}})

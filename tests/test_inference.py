@@ -10,6 +10,7 @@ from PIL import Image
 
 from palette.config import config_from_dict
 from palette.diffusion import training_noise_levels, v_target
+from palette.filters import smooth_chroma
 from palette.inference import Model, derive_seed, make_denoiser, restore, sample_folder
 from palette.samplers import SAMPLERS
 from palette.tasks import get_task, luma, source_estimate
@@ -315,6 +316,19 @@ def test_a_task_final_denoising_step_asks_the_network_once_more_at_its_level():
     without = replace(model.config, sampling=replace(sampling, task_final_denoise={}))
     output = restore(Model(net, without, model.device), condition, mask, task=get_task("inpainting"), seed=3)
     assert torch.allclose(output, torch.where(mask > 0.5, clean / 2, clean), atol=2e-3)
+
+
+def test_the_chroma_filter_smooths_the_colour_of_a_colorization_and_keeps_its_luma():
+    clean = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(4)) * 1.6 - 0.8
+    model = _model("v", clean, residual=True)
+    task = get_task("colorization")
+    condition = task.degrade(clean[0], None).condition[None]
+    sampling = replace(model.config.sampling, task_chroma_filter={"colorization": 1})
+    smoothed = restore(Model(model.net, replace(model.config, sampling=sampling), model.device), condition,
+                       torch.ones(1, 1, 8, 8), sampler="dpmpp", steps=8, task=task)
+    assert torch.allclose(smoothed, task.keep_input(smooth_chroma(clean, 1), condition), atol=2e-3)
+    assert torch.allclose(luma(smoothed), luma(condition), atol=1e-6)  # the given luma
+    assert (smoothed - clean).abs().amax() > 0.1  # the oracle's random colour was smoothed
 
 
 @pytest.mark.parametrize("residual", [False, True])

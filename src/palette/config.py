@@ -159,6 +159,11 @@ class SamplingConfig:
     # only the luma of what the network adds: a small model's colours in holes are speckle and blotches.
     estimate_chroma: bool = False
     task_estimate_chroma: dict[str, bool] = field(default_factory=dict)
+    # Above 0, the output's chroma is smoothed by a guided filter of this radius with its luma as the guide
+    # (filters.smooth_chroma): it takes out a small model's colour speckle and keeps colour edges on luma edges;
+    # at most 8, as a wider window washes the colour out.
+    chroma_filter: int = 0
+    task_chroma_filter: dict[str, int] = field(default_factory=dict)
 
     def for_task(self, name: str, task: str | None) -> Any:
         """The default `name` ("steps", "guidance", "strength", ...: a task_* field) for `task`; None: model-wide."""
@@ -174,8 +179,8 @@ class SamplingConfig:
 
     def describe(self, task: str | None) -> str:
         """The defaults for `task` in words, e.g. "20 steps from its estimate re-noised 20%, guidance 1.5"."""
-        names = ("steps", "strength", "guidance", "final_denoise", "estimate_chroma")
-        steps, strength, guidance, final, chroma = (self.for_task(name, task) for name in names)
+        names = ("steps", "strength", "guidance", "final_denoise", "estimate_chroma", "chroma_filter")
+        steps, strength, guidance, final, chroma, radius = (self.for_task(name, task) for name in names)
         words = f"{steps} step{'s' * (steps != 1)}"
         if strength < 1:
             words += f" from its estimate re-noised {strength:.0%}"
@@ -183,7 +188,8 @@ class SamplingConfig:
             words += f", {'auto' * bool(self.guide)}guidance {guidance:g}"
         if final:
             words += f", then denoised at t = {final}"
-        return words + ", colour from its estimate" * chroma
+        words += ", colour from its estimate" * chroma
+        return words + (f", colour smoothed (radius {radius})" if radius else "")
 
 
 @dataclass(frozen=True)
@@ -283,7 +289,8 @@ _SAMPLING_RANGES = {"steps": (f"from 1 to {MAX_STEPS}", lambda value, last: 1 <=
                     "guidance": (f"from 1 (off) to {MAX_GUIDANCE}", lambda value, last: 1 <= value <= MAX_GUIDANCE),
                     "strength": ("in (0, 1]", lambda value, last: 0 < value <= 1),
                     "final_denoise": ("from 0 (off) to {last}", lambda value, last: 0 <= value <= last),
-                    "estimate_chroma": ("true or false", lambda value, last: isinstance(value, bool))}
+                    "estimate_chroma": ("true or false", lambda value, last: isinstance(value, bool)),
+                    "chroma_filter": ("from 0 (off) to 8", lambda value, last: 0 <= value <= 8)}
 
 
 def _validate(config: Config) -> Config:

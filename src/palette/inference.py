@@ -23,6 +23,7 @@ import torch
 from .checkpoint import check_device, load_state, load_weights, resolve_weights
 from .config import Config
 from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
+from .filters import smooth_chroma
 from .guidance import load_guide, weak_network
 from .imageio import ImageError, check_unique_stems, list_images, load_image, save_image
 from .masks import EmptyMaskError, load_mask
@@ -95,9 +96,9 @@ def residual_scale(config: Config, task: Task | None) -> float:
     return scales.get(task.name, 1.0) if task is not None and config.diffusion.residual else 1.0
 
 
-def final_level(config: Config, task: Task | None) -> float | None:
+def final_level(config: Config, task: str | None) -> float | None:
     """The noise level of the final denoising step for `task` (SamplingConfig.final_denoise), None for none."""
-    timestep = config.sampling.for_task("final_denoise", task.name if task is not None else None)
+    timestep = config.sampling.for_task("final_denoise", task)
     return training_noise_levels(config.diffusion)[timestep + 1].item() if timestep else None
 
 
@@ -132,13 +133,13 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     sampling starts from it re-noised `strength` of the way (SDEdit, Meng et al. 2022) and runs that share of
     the steps; a residual model then adds its output to `init` (known pixels pasted), its best estimate so far.
     Without `init`, a strength below 1 starts from the input's own estimate (source_estimate).
-    Where the model's sampling defaults say `estimate_chroma` for `task`, only the luma of the change is kept;
+    Where the model's sampling defaults say `estimate_chroma` for `task`, only the luma of the change is kept,
+    and with a `chroma_filter` radius the colour is smoothed along the luma (filters.smooth_chroma);
     the task then keeps as much of the change as it trusts (Task.temper: a JPEG by its quality).
     """
-    config = model.config
+    config, name = model.config, task.name if task is not None else None
     sampler = sampler or config.sampling.sampler
-    steps, guidance, strength = config.sampling.resolve(task.name if task is not None else None, steps, guidance,
-                                                        strength)
+    steps, guidance, strength = config.sampling.resolve(name, steps, guidance, strength)
     check_sampling(sampler, steps, guidance, strength)
     condition, mask = condition.to(model.device), mask.to(model.device)
     if init is None and strength < 1:
@@ -171,11 +172,13 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
                                device=model.device, callback=as_images,
                                start=None if init is None else (init.to(model.device) - offset) * scale,
                                start_step=sdedit_start_step(steps, strength),
-                               final_level=final_level(config, task))
+                               final_level=final_level(config, name))
     restored = offset + residual / scale
-    if config.sampling.for_task("estimate_chroma", task.name if task is not None else None):
+    if config.sampling.for_task("estimate_chroma", name):
         estimate = offset if residual_model else source_estimate(condition, mask) if init is None else init
         restored = estimate + luma(restored - estimate)  # the estimate's colour, the restored luma
+    if radius := config.sampling.for_task("chroma_filter", name):
+        restored = smooth_chroma(restored, radius)
     restored = finish(restored) if task is None else task.temper(finish(restored), condition)
     return paste_known(restored, condition if has_known else None, mask)
 
