@@ -7,6 +7,7 @@
 # (model or baseline) and set, and OUT_DIR/report.md with one table per set.
 # SEEDS="0 1 2" samples every model once per seed (rows palette, palette_seed1, palette_seed2): a bar within a few
 # percent is judged over several seeds, as 16 images leave the first sample's scores noisy. Default: "0".
+# SETS="colorization jpeg_q20" runs only those sets (default: all six), e.g. after a change to one task's sampling.
 set -euo pipefail
 diffusion=$1
 regression=$2  # "-": no regression twin
@@ -15,6 +16,7 @@ val=${4:-data/wallpapers/val.txt}
 size=64
 palette=${PALETTE:-palette}
 read -r -a seeds <<< "${SEEDS:-0}"
+only=" ${SETS:-} "
 
 # The validation images as one flat folder (fixed centre crops are taken by `palette degrade --size`).
 mkdir -p "$out/clean"
@@ -41,6 +43,7 @@ for spec in "colorization colorization" \
             "jpeg_q10 jpeg --quality 10" \
             "jpeg_q20 jpeg --quality 20"; do
   read -r name task options <<< "$spec"
+  [ "$only" != "  " ] && [[ $only != *" $name "* ]] && continue
   data=$out/$name/set
   # shellcheck disable=SC2086  # options are flag and value, split on purpose
   "$palette" degrade --task "$task" --input "$out/clean" --output "$data" --size "$size" --seed 1 $options
