@@ -130,6 +130,8 @@ class TrainConfig:
 MAX_GUIDANCE = 10
 # More steps than the paper's 1000-step chain never helps, and a typo like 5000 would run for hours.
 MAX_STEPS = 1000
+# A chroma filter (SamplingConfig.chroma_filter) wider than this washes out the colour it smooths.
+MAX_CHROMA_FILTER = 8
 
 
 @dataclass(frozen=True)
@@ -160,8 +162,7 @@ class SamplingConfig:
     estimate_chroma: bool = False
     task_estimate_chroma: dict[str, bool] = field(default_factory=dict)
     # Above 0, the output's chroma is smoothed by a guided filter of this radius with its luma as the guide
-    # (filters.smooth_chroma): it takes out a small model's colour speckle and keeps colour edges on luma edges;
-    # at most 8, as a wider window washes the colour out.
+    # (filters.smooth_chroma): it takes out a small model's colour speckle and keeps colour edges on luma edges.
     chroma_filter: int = 0
     task_chroma_filter: dict[str, int] = field(default_factory=dict)
 
@@ -290,7 +291,8 @@ _SAMPLING_RANGES = {"steps": (f"from 1 to {MAX_STEPS}", lambda value, last: 1 <=
                     "strength": ("in (0, 1]", lambda value, last: 0 < value <= 1),
                     "final_denoise": ("from 0 (off) to {last}", lambda value, last: 0 <= value <= last),
                     "estimate_chroma": ("true or false", lambda value, last: isinstance(value, bool)),
-                    "chroma_filter": ("from 0 (off) to 8", lambda value, last: 0 <= value <= 8)}
+                    "chroma_filter": (f"from 0 (off) to {MAX_CHROMA_FILTER}",
+                                      lambda value, last: 0 <= value <= MAX_CHROMA_FILTER)}
 
 
 def _validate(config: Config) -> Config:
