@@ -110,6 +110,17 @@ def test_residual_scales_name_registered_tasks_and_are_positive():
         config_from_dict({"diffusion": {"residual_scale": {"jpeg": 0}}})
 
 
+def test_rebalancing_names_registered_tasks_and_needs_a_residual_model():
+    residual = {"residual": True, "residual_rebalance": {"colorization": 1.0}}
+    assert config_from_dict({"diffusion": residual}).diffusion.residual_rebalance == {"colorization": 1.0}
+    with pytest.raises(ConfigError, match="diffusion.residual_rebalance: unknown task 'deblur'"):
+        config_from_dict({"diffusion": {"residual": True, "residual_rebalance": {"deblur": 1}}})
+    with pytest.raises(ConfigError, match="diffusion.residual_rebalance.jpeg: must be >= 0"):
+        config_from_dict({"diffusion": {"residual": True, "residual_rebalance": {"jpeg": -1}}})
+    with pytest.raises(ConfigError, match="set diffusion.residual: true"):
+        config_from_dict({"diffusion": {"residual_rebalance": {"colorization": 1.0}}})
+
+
 def test_task_steps_override_the_default_steps_per_task():
     sampling = config_from_dict({"sampling": {"steps": 20, "task_steps": {"jpeg": 1}}}).sampling
     assert [sampling.for_task("steps", task) for task in ("jpeg", "colorization", None)] == [1, 20, 20]

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from palette.diffusion import (linear_betas, log_snr, masked_loss, noise_level_to_timestep, noise_levels,
-                               q_sample, sample_noise_level, training_log_snr_range, v_target, x0_from_eps,
-                               x0_from_v)
+                               q_sample, rebalance_weight, sample_noise_level, training_log_snr_range, v_target,
+                               x0_from_eps, x0_from_v)
 
 
 def test_training_schedule_golden_values():
@@ -94,6 +94,28 @@ def test_masked_loss_counts_only_the_region_to_generate():
     # Full masks give the plain mean.
     full = masked_loss(prediction, target, torch.ones(2, 1, 4, 4), "l2")
     assert torch.allclose(full, torch.full((2,), (4.0 + 10000.0) / 2))
+
+
+def test_a_pixel_weight_scales_each_error_but_not_the_mean_over_the_mask():
+    prediction = torch.zeros(1, 3, 2, 2)
+    target = torch.ones(1, 3, 2, 2)
+    mask = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])  # three pixels generated
+    weight = torch.tensor([[[[3.0, 1.0], [1.0, 50.0]]]])
+    # Errors 1 weighted 3, 1, 1 over three pixels; the known pixel's weight does not count.
+    assert masked_loss(prediction, target, mask, "l2", weight).item() == pytest.approx(5 / 3)
+
+
+def test_rebalancing_moves_the_best_prediction_to_the_weighted_mean():
+    # A gray pixel (residual 0) and a saturated one (RMS 1 = 2 RESIDUAL_RMS) that the input cannot tell apart.
+    answers = torch.stack([torch.zeros(3), torch.ones(3)]).view(2, 3, 1, 1)
+    weight = rebalance_weight(answers, torch.tensor([0.5, 0.5]))
+    assert weight.flatten().tolist() == pytest.approx([1.0, 2.0])
+    # One prediction for both: plain L2 is best at the mean 0.5, the rebalanced at (0 * 1 + 1 * 2) / 3.
+    for strength, best in ((0.0, 0.5), (0.5, 2 / 3)):
+        guess = torch.full((1, 3, 1, 1), best, requires_grad=True)
+        weights = rebalance_weight(answers, torch.tensor([strength, strength]))
+        masked_loss(guess.expand(2, 3, 1, 1), answers, torch.ones(2, 1, 1, 1), "l2", weights).sum().backward()
+        assert guess.grad.abs().max().item() < 1e-6
 
 
 def test_masked_loss_rejects_an_unknown_kind():

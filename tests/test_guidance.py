@@ -17,11 +17,12 @@ from conftest import tiny_values
 GUIDE = {"guide": "twin.safetensors", "task_guidance": {"colorization": 2.0}}
 
 
-def _save(path: Path, seed: int, network: dict | None = None, sampling: dict | None = None) -> PaletteNet:
+def _save(path: Path, seed: int, network: dict | None = None, sampling: dict | None = None,
+          diffusion: dict | None = None) -> PaletteNet:
     values = tiny_values(path.parent)
     values["network"].update(network or {})
     values["sampling"].update(sampling or {})
-    values["diffusion"] = {"objective": "v"}
+    values["diffusion"] = {"objective": "v", **(diffusion or {})}
     config = config_from_dict(values)
     torch.manual_seed(seed)
     net = PaletteNet.from_config(config)
@@ -75,6 +76,17 @@ def test_a_missing_or_foreign_guide_is_named_and_a_twin_without_the_mask_is_wide
     conv_in = dict(zip(dict(model.net.named_parameters()), model.guide))["unet.conv_in.weight"]
     assert conv_in.shape[1] == 7 and not conv_in[:, 3].any()  # the mask's column starts at zero
     torch.testing.assert_close(conv_in[:, [0, 1, 2, 4, 5, 6]], twin.unet.conv_in.weight)
+
+
+def test_a_twin_trained_without_rebalancing_guides_a_model_trained_with_it(tmp_path):
+    _save(tmp_path / "model.safetensors", 0, sampling=GUIDE,
+          diffusion={"residual": True, "residual_rebalance": {"colorization": 1.0}})
+    _save(tmp_path / "twin.safetensors", 1)  # not a residual model: another diffusion
+    with pytest.raises(CheckpointError, match="must be a twin of the model's network"):
+        load_model(tmp_path / "model.safetensors", "cpu")
+    twin = _save(tmp_path / "twin.safetensors", 1, diffusion={"residual": True})  # the loss's weights aside
+    guide = load_model(tmp_path / "model.safetensors", "cpu").guide
+    assert all(torch.equal(a, b) for a, b in zip(guide, twin.parameters()))
 
 
 def test_the_shipped_model_finds_its_bundled_guide_from_anywhere(tmp_path):

@@ -237,6 +237,13 @@ def test_a_residual_model_starts_from_the_input_and_learns_the_residual(image_fo
     ideal_scaled = lambda noisy, noise_level, condition: residual * factor
     assert diffusion_loss(ideal_scaled, batch, scaled, levels, generator).abs().max() < 1e-10
     assert diffusion_loss(ideal, batch, scaled, levels, generator).amin() > 1e-3
+    # Rebalancing weighs the errors of the tasks it names (jpeg here) by their residual's size, and no other's.
+    zero = lambda noisy, noise_level, condition: torch.zeros_like(noisy)
+    rebalanced = replace(config, diffusion=replace(config.diffusion, residual_rebalance={"jpeg": 2.0}))
+    plain, weighted = (diffusion_loss(zero, batch, c, levels, generator) for c in (config, rebalanced))
+    size = residual[0].square().mean(0).sqrt() / 0.5
+    assert weighted[0].item() == pytest.approx(((1 + 2 * size) * residual[0].square()).mean().item(), rel=1e-5)
+    assert weighted[1].item() == plain[1].item()
 
 
 def test_a_run_can_start_from_trained_weights(tiny_config, image_folder, tmp_path):

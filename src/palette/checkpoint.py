@@ -339,5 +339,6 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
 
 def architecture(config: Config) -> tuple[NetworkConfig, DiffusionConfig]:
     """What two checkpoints must share to be averaged, or to guide one another: the network (dropout and mask
-    input aside) and the diffusion settings."""
-    return replace(config.network, dropout=0.0, mask_input=False), config.diffusion
+    input aside) and the diffusion settings (the loss's rebalancing aside, which sampling does not see)."""
+    return (replace(config.network, dropout=0.0, mask_input=False),
+            replace(config.diffusion, residual_rebalance={}))

@@ -76,6 +76,10 @@ class DiffusionConfig:
     # With `residual`: per task name, the factor its residual is multiplied by, so every task diffuses at about
     # the same scale (EDM's sigma_data = 0.5, Karras et al. 2022 §5) and weighs alike in the loss. Unlisted: 1.
     residual_scale: dict[str, float] = field(default_factory=dict)
+    # With `residual`: per task name, a strength s that weighs each pixel's loss by 1 + s |residual| / 0.5
+    # (diffusion.rebalance_weight): where the input leaves the answer open the model leans to the larger residual,
+    # for colorization the more saturated colour, instead of the gray mean. Unlisted: 0 (plain loss).
+    residual_rebalance: dict[str, float] = field(default_factory=dict)
     # Training: linear beta over 2000 steps, noise level drawn between steps (SR3 / WaveGrad).
     train_steps: int = 2000
     train_beta_start: float = 1e-6
@@ -318,6 +322,7 @@ def _validate(config: Config) -> Config:
 
     sampling = config.sampling
     per_task = {"data.tasks": config.data.tasks, "diffusion.residual_scale": config.diffusion.residual_scale,
+                "diffusion.residual_rebalance": config.diffusion.residual_rebalance,
                 **{f"sampling.task_{name}": getattr(sampling, f"task_{name}") for name in _SAMPLING_RANGES}}
     for key, values in per_task.items():
         for name in values:
@@ -338,6 +343,11 @@ def _validate(config: Config) -> Config:
     for name, factor in config.diffusion.residual_scale.items():
         if factor <= 0:
             raise ConfigError(f"diffusion.residual_scale.{name}: must be > 0, got {factor}")
+    for name, strength in config.diffusion.residual_rebalance.items():
+        if strength < 0:
+            raise ConfigError(f"diffusion.residual_rebalance.{name}: must be >= 0, got {strength}")
+    if config.diffusion.residual_rebalance and not config.diffusion.residual:
+        raise ConfigError("diffusion.residual_rebalance weighs the residual's loss: set diffusion.residual: true")
     size = config.data.image_size
     if size % 2 ** (len(config.network.channel_mults) - 1):
         raise ConfigError(f"data.image_size: {size} is not divisible by the U-Net's downsampling factor")

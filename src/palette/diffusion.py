@@ -89,14 +89,31 @@ def training_log_snr_range(levels: torch.Tensor) -> tuple[float, float]:
 
 
 def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                kind: LossKind = "l2") -> torch.Tensor:
-    """Per-sample mean error over the region to generate (mask = 1): shape [N]."""
+                kind: LossKind = "l2", pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean error over the region to generate (mask = 1): shape [N]. A `pixel_weight` [N, 1, H, W]
+    multiplies each pixel's error; the mean stays over the mask's pixels, so the weight moves the optimum."""
     if kind not in typing.get_args(LossKind):
         raise ValueError(f"unknown loss {kind!r}; expected one of {', '.join(map(repr, typing.get_args(LossKind)))}")
     error = (prediction.float() - target.float())
     error = error.square() if kind == "l2" else error.abs()
-    weight = mask.float().expand_as(error)
-    return (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
+    region = mask.float().expand_as(error)
+    weighted = error * region if pixel_weight is None else error * region * pixel_weight.float()
+    return weighted.flatten(1).sum(1) / region.flatten(1).sum(1).clamp_min(1.0)
+
+
+# The RMS every task's residual is scaled to (DiffusionConfig.residual_scale; EDM's sigma_data, Karras et al. 2022).
+RESIDUAL_RMS = 0.5
+
+
+def rebalance_weight(residual: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """Per-pixel loss weight 1 + strength |residual| / RESIDUAL_RMS, [N, 1, H, W] (`strength` [N]).
+
+    Under weighted L2 the best prediction is E[w x0] / E[w], so pixels whose residual is large (for colorization,
+    saturated colour) pull the estimate towards them where the input leaves several answers open: colour
+    rebalancing (Zhang et al. 2016, "Colorful Image Colorization" §2.2) for a regression-to-gray-prone model.
+    """
+    magnitude = residual.float().square().mean(1, keepdim=True).sqrt() / RESIDUAL_RMS
+    return 1 + strength.float().view(-1, 1, 1, 1) * magnitude
 
 
 def paste_known(x: torch.Tensor, known: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:

@@ -30,7 +30,8 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_config_only, l
                          write_checkpoint, write_text_atomic)
 from .config import Config, TrainConfig, load_config, save_config
 from .data import preview_examples, task_names, training_loader
-from .diffusion import masked_loss, paste_known, q_sample, sample_noise_level, training_noise_levels, v_target
+from .diffusion import (masked_loss, paste_known, q_sample, rebalance_weight, sample_noise_level, training_noise_levels,
+                        v_target)
 from .files import write_atomic
 from .imageio import save_image
 from .guidance import load_guide
@@ -43,28 +44,32 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
                    generator: torch.Generator) -> torch.Tensor:
     """Palette's objective (eq. 3): per-sample error of the eps (or v, or direct x0) prediction, shape [N]."""
     target, condition, mask = batch["target"], batch["condition"], batch["mask"]
+    pixel_weight = None
     if config.diffusion.residual:
         # The network sees the estimate it adds to (for holes, the OpenCV fill in place of Palette's noise).
         condition = source_estimate(condition, mask)
-        target = (target - condition) * task_scales(config, target.device)[batch["task"]].view(-1, 1, 1, 1)
+        scales = per_task(config.diffusion.residual_scale, 1.0, config, target.device)[batch["task"]]
+        target = (target - condition) * scales.view(-1, 1, 1, 1)
+        if config.diffusion.residual_rebalance:
+            strengths = per_task(config.diffusion.residual_rebalance, 0.0, config, target.device)[batch["task"]]
+            pixel_weight = rebalance_weight(target, strengths)
     condition = network_input(config, condition, mask)
     objective = config.diffusion.objective
     size = target.shape[0]
     if objective == "regression":
-        return masked_loss(regression_output(net, condition), target, mask, config.diffusion.loss)
+        return masked_loss(regression_output(net, condition), target, mask, config.diffusion.loss, pixel_weight)
     noise_level = sample_noise_level(levels, size, generator)
     noise = torch.randn(target.shape, generator=generator, device=target.device)
     # Known pixels enter clean, as they will at sampling time.
     noisy = paste_known(q_sample(target, noise_level, noise), target, mask)
     prediction = net(noisy, noise_level, condition)
     wanted = noise if objective == "eps" else v_target(target, noise_level, noise)
-    return masked_loss(prediction, wanted, mask, config.diffusion.loss)
+    return masked_loss(prediction, wanted, mask, config.diffusion.loss, pixel_weight)
 
 
-def task_scales(config: Config, device: torch.device) -> torch.Tensor:
-    """Residual scale per task index of a batch (tasks in sorted order, as the dataset numbers them)."""
-    scales = config.diffusion.residual_scale
-    return torch.tensor([scales.get(name, 1.0) for name in task_names(config.data)], device=device)
+def per_task(values: dict[str, float], default: float, config: Config, device: torch.device) -> torch.Tensor:
+    """A per-task setting by task index of a batch (tasks in sorted order, as the dataset numbers them)."""
+    return torch.tensor([values.get(name, default) for name in task_names(config.data)], device=device)
 
 
 def ema_decay(base: float, step: int) -> float:
