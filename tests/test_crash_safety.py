@@ -124,11 +124,12 @@ def test_a_run_killed_at_20_random_moments_resumes_to_the_uninterrupted_weights(
     step_time = (time.monotonic() - began - startup) / STEPS
 
     # The kill moments: 20 steps drawn over the run, each with a delay of up to one checkpoint interval after the
-    # step is logged (so kills land in steps, checkpoint writes and the final preview alike). A step the resumed run
-    # has already saved means a kill during start-up instead, at a moment drawn over the start-up time.
+    # step is logged (so kills land in steps and checkpoint writes alike). The last target leaves three intervals
+    # to go, so a run that steps faster than the timed one cannot end before its kill. A step the resumed run has
+    # already saved means a kill during start-up instead, at a moment drawn over the start-up time.
     rng = np.random.default_rng(20)
     run, kills = tmp_path / "run", []
-    for target in sorted(rng.integers(1, STEPS + 1, size=KILLS)):
+    for target in sorted(rng.integers(1, STEPS - 3 * EVERY + 1, size=KILLS)):
         saved = check_checkpoints(run)
         since = time.time()
         process = launch(train_command(run, config), tmp_path / "run.log")

@@ -18,7 +18,7 @@ from palette.checkpoint import (CheckpointError, latest_checkpoint, load_weights
                                 write_checkpoint)
 from palette.config import ConfigError, config_from_dict, load_config
 from palette.demo import shipped_model_path
-from palette.diffusion import sample_noise_level, training_noise_levels
+from palette.diffusion import RESIDUAL_RMS, sample_noise_level, training_noise_levels
 from palette.imageio import ImageError
 from palette.inference import Model, load_model, restore
 from palette.network import PaletteNet
@@ -241,7 +241,7 @@ def test_a_residual_model_starts_from_the_input_and_learns_the_residual(image_fo
     zero = lambda noisy, noise_level, condition: torch.zeros_like(noisy)
     rebalanced = replace(config, diffusion=replace(config.diffusion, residual_rebalance={"jpeg": 2.0}))
     plain, weighted = (diffusion_loss(zero, batch, c, levels, generator) for c in (config, rebalanced))
-    size = residual[0].square().mean(0).sqrt() / 0.5
+    size = residual[0].square().mean(0).sqrt() / RESIDUAL_RMS
     assert weighted[0].item() == pytest.approx(((1 + 2 * size) * residual[0].square()).mean().item(), rel=1e-5)
     assert weighted[1].item() == plain[1].item()
 

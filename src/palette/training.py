@@ -48,11 +48,11 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
     if config.diffusion.residual:
         # The network sees the estimate it adds to (for holes, the OpenCV fill in place of Palette's noise).
         condition = source_estimate(condition, mask)
-        scales = per_task(config.diffusion.residual_scale, 1.0, config, target.device)[batch["task"]]
+        scales = per_task(config.diffusion.residual_scale, 1.0, config, batch["task"])
         target = (target - condition) * scales.view(-1, 1, 1, 1)
         if config.diffusion.residual_rebalance:
-            strengths = per_task(config.diffusion.residual_rebalance, 0.0, config, target.device)[batch["task"]]
-            pixel_weight = rebalance_weight(target, strengths)
+            pixel_weight = rebalance_weight(target, per_task(config.diffusion.residual_rebalance, 0.0, config,
+                                                             batch["task"]))
     condition = network_input(config, condition, mask)
     objective = config.diffusion.objective
     size = target.shape[0]
@@ -67,9 +67,10 @@ def diffusion_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], config:
     return masked_loss(prediction, wanted, mask, config.diffusion.loss, pixel_weight)
 
 
-def per_task(values: dict[str, float], default: float, config: Config, device: torch.device) -> torch.Tensor:
-    """A per-task setting by task index of a batch (tasks in sorted order, as the dataset numbers them)."""
-    return torch.tensor([values.get(name, default) for name in task_names(config.data)], device=device)
+def per_task(values: dict[str, float], default: float, config: Config, tasks: torch.Tensor) -> torch.Tensor:
+    """A per-task setting for each sample of a batch, [N], from its task indices (tasks in sorted order, as the
+    dataset numbers them)."""
+    return torch.tensor([values.get(name, default) for name in task_names(config.data)], device=tasks.device)[tasks]
 
 
 def ema_decay(base: float, step: int) -> float:
