@@ -57,23 +57,25 @@ def _swd(images, cleans) -> float:
 
 
 def jpeg_margin(model, cleans) -> float:
-    """The restored JPEG (Q = 10) beats the JPEG: PSNR at least 0.2 dB higher, SWD at most 10% above the JPEG's.
+    """The model issue's bar on the restored JPEG (Q = 10): PSNR at least 0.5 dB over the JPEG's, SWD at most its.
 
-    The shipped model gains 0.47 dB here (MODEL_CARD.md); the identity, an untrained network's output, gains none.
+    The shipped model gains 0.61 dB here, SWD 31.3 against 32.5 (MODEL_CARD.md); the identity, an untrained
+    network's output, gains none, and with the chroma filter that the model's sampling adds (sampling.
+    task_chroma_filter) 0.12 dB.
     """
     condition, _, output = _run(model, get_task("jpeg", quality=10), cleans)
     input_swd = _swd(condition, cleans)
-    psnr_margin = _psnr(output, cleans) - _psnr(condition, cleans) - 0.2
-    return min(psnr_margin, (1.1 * input_swd - _swd(output, cleans)) / input_swd)
+    psnr_margin = _psnr(output, cleans) - _psnr(condition, cleans) - 0.5
+    return min(psnr_margin, (input_swd - _swd(output, cleans)) / input_swd)
 
 
 def light_jpeg_margin(model, cleans) -> float:
-    """A light JPEG (Q = 75, outside the training range 5-30) is not made worse: PSNR at least 0.03 dB above the
-    JPEG's, SWD at most 2% above. The model's whole correction loses 0.5 dB here; the share that Q 75 keeps
-    (jpeg.correction_share) gains 0.09 dB."""
+    """A light JPEG (Q = 75, outside the training range 5-30) gains: PSNR at least 0.1 dB above the JPEG's, SWD at
+    most 2% above. The model's whole correction loses 0.48 dB here; the share that Q 75 keeps
+    (jpeg.correction_share) gains 0.15 dB, of which the chroma filter alone (an untrained network) gains 0.07."""
     condition, _, output = _run(model, get_task("jpeg", quality=75), cleans)
     input_swd = _swd(condition, cleans)
-    psnr_margin = _psnr(output, cleans) - _psnr(condition, cleans) - 0.03
+    psnr_margin = _psnr(output, cleans) - _psnr(condition, cleans) - 0.1
     return min(psnr_margin, (1.02 * input_swd - _swd(output, cleans)) / input_swd)
 
 
@@ -87,8 +89,8 @@ def inpainting_margin(model, cleans) -> float:
 def colorization_margin(model, cleans) -> float:
     """The model issue's bar: colourfulness (Hasler & Süsstrunk) at least 70% of the originals', SWD below the gray's,
     both over three seeds (16 crops leave one seed's SWD within about 2 of the bar either way). The shipped model
-    scores 97% and SWD 74.4 (71.3, 75.3, 76.7 by seed); the one before the final step and the chroma filter scored
-    SWD 77.2 (73.6, 77.8, 80.2), and with colour rebalancing at guidance 2.75 76.3, against the gray's 75.8."""
+    scores 84% and SWD 72.1 (66.9, 73.9, 75.7 by seed); the one before it 97% and 74.4 (71.3, 75.3, 76.7), the one
+    before the final step and the chroma filter SWD 77.2 (73.6, 77.8, 80.2), against the gray's 75.8."""
     runs = [_run(model, get_task("colorization"), cleans, seed) for seed in range(3)]
     outputs = [output for _, _, output in runs]
     colour_ratio = float(colourfulness(_unit(torch.cat(outputs))).mean() / colourfulness(_unit(cleans)).mean())
