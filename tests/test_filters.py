@@ -48,3 +48,29 @@ def test_smooth_chroma_keeps_the_luma_exactly_and_changes_only_the_colour():
     assert smoothed_chroma.std() < 0.7 * chroma.std()
     with pytest.raises(ValueError, match="radius must be at least 1, got 0"):
         smooth_chroma(images, 0)
+
+
+def test_at_radius_8_a_blotch_of_another_colour_on_one_object_goes_and_the_objects_edge_stays():
+    """A colorization's blotches: a patch of a wrong colour a few pixels wide on an object of one colour whose luma
+    has texture but no edge there (the cat's orange spots on magenta fur). Radius 1 keeps it; radius 8 averages it
+    into the object's colour, while the colour edge between two objects on a luma edge stays."""
+    generator = torch.Generator().manual_seed(5)
+    luma_step = torch.where(torch.arange(48) < 24, -0.4, 0.4).view(1, 1, 1, 48).expand(1, 1, 48, 48)
+    texture = 0.05 * torch.randn(1, 1, 48, 48, generator=generator)
+    colour = torch.where(luma_step > 0, torch.tensor([0.2, -0.1, -0.1]).view(1, 3, 1, 1),
+                         torch.tensor([-0.1, -0.1, 0.2]).view(1, 3, 1, 1))  # zero-luma chroma: red | blue
+    blotch = torch.zeros(1, 3, 48, 48)
+    blotch[..., 8:14, 8:14] = torch.tensor([-0.15, 0.3, -0.15]).view(1, 3, 1, 1)  # a green patch on the blue
+    images = luma_step + texture + colour + blotch
+
+    def left_blotch(smoothed):  # how much of the patch's colour is left, as a share
+        chroma = smoothed - luma(smoothed)
+        return float(((chroma - colour)[..., 8:14, 8:14] * blotch[..., 8:14, 8:14]).sum() / blotch.pow(2).sum())
+
+    assert left_blotch(smooth_chroma(images, 1)) > 0.6
+    wide = smooth_chroma(images, 8)
+    assert left_blotch(wide) < 0.3
+    assert torch.allclose(luma(wide), luma(images), atol=1e-6)
+    chroma = wide - luma(wide)  # the colours one pixel either side of the edge, away from the patch
+    step, kept = colour[..., 30:46, 24] - colour[..., 30:46, 23], chroma[..., 30:46, 24] - chroma[..., 30:46, 23]
+    assert float((kept * step).sum() / step.pow(2).sum()) > 0.9

@@ -166,7 +166,8 @@ class SamplingConfig:
     estimate_chroma: bool = False
     task_estimate_chroma: dict[str, bool] = field(default_factory=dict)
     # Above 0, the output's chroma is smoothed by a guided filter of this radius with its luma as the guide
-    # (filters.smooth_chroma): it takes out a small model's colour speckle and keeps colour edges on luma edges.
+    # (filters.smooth_chroma): it takes out a small model's colour speckle (radius 1) and blotches (radius 8) and
+    # keeps colour edges on luma edges.
     chroma_filter: int = 0
     task_chroma_filter: dict[str, int] = field(default_factory=dict)
 

@@ -3,9 +3,12 @@
     smoothed = smooth_chroma(images, radius=1)  # [N, 3, H, W]: the same luma, the colour speckle averaged away
 
 A small model's colorization carries colour speckle at the scale of a pixel, which the eye and the SWD's finest
-level see at once. Colour in photos changes where the luma changes, so the chroma is refit in each window of
+level see at once, and blotches: patches of another colour a few pixels wide where it was unsure (orange spots on
+a magenta cat). Colour in photos changes where the luma changes, so the chroma is refit in each window of
 (2r + 1)² pixels as a linear function of the luma there: averaged where the luma is flat, following it across an
 edge, so colour neither speckles nor bleeds over edges (He et al. 2010, "Guided Image Filtering", Alg. 1).
+Radius 1 takes out speckle; radius 8 (17² windows at 64 px) also averages a blotch into the colour of the object
+the luma outlines.
 Written here because OpenCV's guided filter lives in its contrib build only; it is a few box means in torch.
 """
 
