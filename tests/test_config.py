@@ -186,3 +186,11 @@ def test_the_chroma_filter_is_a_radius_per_task():
         config_from_dict({"sampling": {"task_chroma_filter": {"colorization": 9}}})
     with pytest.raises(ConfigError, match="sampling.chroma_filter: expected an integer, got 1.5"):
         config_from_dict({"sampling": {"chroma_filter": 1.5}})
+
+
+def test_the_hole_colour_depth_is_per_task_and_not_negative():
+    sampling = config_from_dict({"sampling": {"task_hole_colour_depth": {"inpainting": 12}}}).sampling
+    assert [sampling.for_task("hole_colour_depth", task) for task in ("inpainting", "uncropping")] == [12, 0]
+    assert sampling.describe("inpainting") == "20 steps, colour smoothed in holes 12 px deep or more"
+    with pytest.raises(ConfigError, match=r"sampling.task_hole_colour_depth.inpainting: must be 0 \(off\) or more"):
+        config_from_dict({"sampling": {"task_hole_colour_depth": {"inpainting": -1}}})

@@ -10,7 +10,7 @@ from PIL import Image
 
 from palette.config import config_from_dict
 from palette.diffusion import training_noise_levels, v_target
-from palette.filters import smooth_chroma
+from palette.filters import smooth_chroma, smooth_deep_hole_colour
 from palette.inference import Model, derive_seed, make_denoiser, restore, sample_folder
 from palette.samplers import SAMPLERS
 from palette.tasks import get_task, luma, source_estimate
@@ -349,3 +349,18 @@ def test_keeping_the_estimates_colour_takes_only_the_luma_of_what_the_network_ad
     assert torch.allclose(kept - luma(kept), fill - luma(fill), atol=2e-3)  # the colour is the fill's
     assert torch.equal(kept * (1 - mask), condition * (1 - mask))  # known pixels exact
     assert (kept - clean).abs().amax() > 0.05  # and the fill's colour differs from the truth here
+
+
+def test_a_deep_hole_has_its_colour_smoothed_and_a_thin_one_keeps_its_own():
+    clean = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 1.6 - 0.8
+    model = _model("v", clean, residual=True)
+    task = get_task("inpainting")
+    sampling = replace(model.config.sampling, task_hole_colour_depth={"inpainting": 4})
+    recolouring = Model(model.net, replace(model.config, sampling=sampling), model.device)
+    deep, thin = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
+    deep[..., 4:12, 4:12] = 1  # 4 px from its centre to a known pixel
+    thin[..., 2:14, 7:10] = 1  # 2 px
+    for mask, expected in ((deep, smooth_deep_hole_colour(clean, deep, 4)), (thin, clean)):
+        output = restore(recolouring, torch.where(mask > 0.5, 0.0, clean), mask, task=task, seed=3)
+        assert torch.allclose(output, expected, atol=2e-3)  # the ideal denoiser's, smoothed where deep
+    assert (smooth_deep_hole_colour(clean, deep, 4) - clean).abs().amax() > 0.1

@@ -170,6 +170,11 @@ class SamplingConfig:
     # keeps colour edges on luma edges.
     chroma_filter: int = 0
     task_chroma_filter: dict[str, int] = field(default_factory=dict)
+    # Above 0, each hole whose farthest pixel lies at least this many px from a known one has its colour smoothed
+    # along the luma by the chroma filter at radius 8 (filters.smooth_deep_hole_colour): OpenCV's fill, whose colour
+    # a hole keeps with estimate_chroma, can streak one colour of the border across a wide hole.
+    hole_colour_depth: float = 0.0
+    task_hole_colour_depth: dict[str, float] = field(default_factory=dict)
 
     def for_task(self, name: str, task: str | None) -> Any:
         """The default `name` ("steps", "guidance", "strength", ...: a task_* field) for `task`; None: model-wide."""
@@ -185,8 +190,9 @@ class SamplingConfig:
 
     def describe(self, task: str | None) -> str:
         """The defaults for `task` in words, e.g. "20 steps from its estimate re-noised 20%, guidance 1.5"."""
-        names = ("steps", "strength", "guidance", "final_denoise", "estimate_chroma", "chroma_filter")
-        steps, strength, guidance, final, chroma, radius = (self.for_task(name, task) for name in names)
+        names = ("steps", "strength", "guidance", "final_denoise", "estimate_chroma", "chroma_filter",
+                 "hole_colour_depth")
+        steps, strength, guidance, final, chroma, radius, depth = (self.for_task(name, task) for name in names)
         words = f"{steps} step{'s' * (steps != 1)}"
         if strength < 1:
             words += f" from its estimate re-noised {strength:.0%}"
@@ -195,7 +201,8 @@ class SamplingConfig:
         if final:
             words += f", then denoised at t = {final}"
         words += ", colour from its estimate" * chroma
-        return words + (f", colour smoothed (radius {radius})" if radius else "")
+        words += f", colour smoothed (radius {radius})" if radius else ""
+        return words + (f", colour smoothed in holes {depth:g} px deep or more" if depth else "")
 
 
 @dataclass(frozen=True)
@@ -297,7 +304,8 @@ _SAMPLING_RANGES = {"steps": (f"from 1 to {MAX_STEPS}", lambda value, last: 1 <=
                     "final_denoise": ("from 0 (off) to {last}", lambda value, last: 0 <= value <= last),
                     "estimate_chroma": ("true or false", lambda value, last: isinstance(value, bool)),
                     "chroma_filter": (f"from 0 (off) to {MAX_CHROMA_FILTER}",
-                                      lambda value, last: 0 <= value <= MAX_CHROMA_FILTER)}
+                                      lambda value, last: 0 <= value <= MAX_CHROMA_FILTER),
+                    "hole_colour_depth": ("0 (off) or more", lambda value, last: value >= 0)}
 
 
 def _validate(config: Config) -> Config:

@@ -23,7 +23,7 @@ import torch
 from .checkpoint import check_device, load_state, load_weights, resolve_weights
 from .config import Config
 from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
-from .filters import smooth_chroma
+from .filters import smooth_chroma, smooth_deep_hole_colour
 from .guidance import load_guide, weak_network
 from .imageio import ImageError, check_unique_stems, list_images, load_image, save_image
 from .masks import EmptyMaskError, load_mask
@@ -134,6 +134,7 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     the steps; a residual model then adds its output to `init` (known pixels pasted), its best estimate so far.
     Without `init`, a strength below 1 starts from the input's own estimate (source_estimate).
     Where the model's sampling defaults say `estimate_chroma` for `task`, only the luma of the change is kept,
+    holes at least `hole_colour_depth` px deep have it smoothed along the luma (filters.smooth_deep_hole_colour),
     and with a `chroma_filter` radius the colour is smoothed along the luma (filters.smooth_chroma);
     the task then keeps as much of the change as it trusts (Task.temper: a JPEG by its quality).
     """
@@ -177,6 +178,8 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     if config.sampling.for_task("estimate_chroma", name):
         estimate = offset if residual_model else source_estimate(condition, mask) if init is None else init
         restored = estimate + luma(restored - estimate)  # the estimate's colour, the restored luma
+    if has_known and (depth := config.sampling.for_task("hole_colour_depth", name)):
+        restored = smooth_deep_hole_colour(restored, mask, depth)
     if radius := config.sampling.for_task("chroma_filter", name):
         restored = smooth_chroma(restored, radius)
     restored = finish(restored) if task is None else task.temper(finish(restored), condition)
