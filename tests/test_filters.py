@@ -77,7 +77,6 @@ def test_at_radius_8_a_blotch_of_another_colour_on_one_object_goes_and_the_objec
     assert float((kept * step).sum() / step.pow(2).sum()) > 0.9
 
 
-
 def _two_cups(size: int) -> torch.Tensor:
     """[1, 3, size, size]: a bright cyan left half and a dark purple right half, with a little texture."""
     left = torch.arange(size).view(1, 1, 1, size) < size // 2
@@ -104,7 +103,7 @@ def test_in_a_deep_hole_a_streak_goes_and_the_colour_that_follows_the_luma_stays
                  for image in (streaked, smoothed)]
     assert deviation[1] < 0.25 * deviation[0]  # measured: 1.74 -> 0.26
     # The colour step along the luma edge at column 24 stays: each side keeps its own colour (off by 0.16 of 0.90;
-    # a box blur of the colour, as a membrane or plain smoothing would be, is off by 0.87).
+    # a box blur of the colour, which ignores the luma, is off by 0.87).
     step = _chroma(smoothed)[0, :, 14:34, 23] - _chroma(smoothed)[0, :, 14:34, 24]
     truth = _chroma(photo)[0, :, 14:34, 23] - _chroma(photo)[0, :, 14:34, 24]
     assert (step - truth).norm(dim=0).mean() < 0.25 * truth.norm(dim=0).mean()

@@ -63,7 +63,6 @@ def smooth_chroma(images: torch.Tensor, radius: int) -> torch.Tensor:
     return given + chroma - luma(chroma)
 
 
-
 def smooth_deep_hole_colour(images: torch.Tensor, mask: torch.Tensor, min_depth: float) -> torch.Tensor:
     """RGB images [N, 3, H, W] whose colour in each hole of `mask` [N, 1, H, W] (1 = hole) whose farthest pixel lies
     `min_depth` px or more from a known one is smoothed along the luma (smooth_chroma at DEEP_HOLE_RADIUS), blended
