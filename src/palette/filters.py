@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .tasks import luma
+from .windows import distance_to_known
 
 # He et al.'s regulariser on images in [-1, 1]: a window whose luma varies by less than about sqrt(eps) = 0.03
 # (1.6% of the range) counts as flat and gets the window's mean colour.
@@ -67,23 +68,22 @@ def smooth_deep_hole_colour(images: torch.Tensor, mask: torch.Tensor, min_depth:
     """RGB images [N, 3, H, W] whose colour in each hole of `mask` [N, 1, H, W] (1 = hole) whose farthest pixel lies
     `min_depth` px or more from a known one is smoothed along the luma (smooth_chroma at DEEP_HOLE_RADIUS), blended
     in over HOLE_BORDER_BLEND px from the hole's border; the luma stays, and every other pixel exactly."""
-    weights = [_deep_hole_weight(hole, min_depth) for hole in mask[:, 0].cpu().numpy() > 0.5]
-    weight = torch.from_numpy(np.stack(weights))[:, None].to(images)
+    weight = torch.stack([_deep_hole_weight(hole, min_depth) for hole in mask[:, 0].cpu() > 0.5])[:, None].to(images)
     if not weight.any():
         return images
     smoothed = smooth_chroma(images, DEEP_HOLE_RADIUS)
     return torch.where(weight > 0, images + weight * (smoothed - images), images)
 
 
-def _deep_hole_weight(hole: np.ndarray, min_depth: float) -> np.ndarray:
+def _deep_hole_weight(hole: torch.Tensor, min_depth: float) -> torch.Tensor:
     """[H, W]: for the pixels of each 8-connected hole of `hole` [H, W] bool whose deepest pixel lies `min_depth` px
     or more from a known one, their depth / HOLE_BORDER_BLEND up to 1; 0 elsewhere."""
     import cv2
 
-    count, labels = cv2.connectedComponents(hole.astype(np.uint8), connectivity=8)
-    depth = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    count, labels = cv2.connectedComponents(hole.numpy().astype(np.uint8), connectivity=8)
+    depth = distance_to_known(hole).numpy()
     deepest = np.zeros(count)
     np.maximum.at(deepest, labels.ravel(), depth.ravel())
     deep = deepest >= min_depth
     deep[0] = False  # label 0: the known pixels
-    return np.where(deep[labels], np.minimum(depth / HOLE_BORDER_BLEND, 1), 0).astype(np.float32)
+    return torch.from_numpy(np.where(deep[labels], np.minimum(depth / HOLE_BORDER_BLEND, 1), 0).astype(np.float32))

@@ -91,7 +91,7 @@ def distance_to_known(unknown: torch.Tensor) -> torch.Tensor:
     """Euclidean distance in px from each pixel of `unknown` [H, W] (bool) to the nearest known one; 0 if known."""
     import cv2
 
-    return torch.from_numpy(cv2.distanceTransform(unknown.numpy().astype(np.uint8), cv2.DIST_L2, 5))
+    return torch.from_numpy(cv2.distanceTransform(unknown.numpy().astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
 
 
 def farthest_unknown(unknown: torch.Tensor) -> float:
