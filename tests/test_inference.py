@@ -11,7 +11,6 @@ from PIL import Image
 from palette.config import config_from_dict
 from palette.diffusion import training_noise_levels, v_target
 from palette.filters import smooth_chroma, smooth_deep_hole_colour
-from palette.jpeg import jpeg_roundtrip
 from palette.inference import Model, derive_seed, make_denoiser, restore, sample_folder
 from palette.samplers import SAMPLERS
 from palette.tasks import get_task, luma, source_estimate
@@ -330,28 +329,6 @@ def test_the_chroma_filter_smooths_the_colour_of_a_colorization_and_keeps_its_lu
     assert torch.allclose(smoothed, task.keep_input(smooth_chroma(clean, 1), condition), atol=2e-3)
     assert torch.allclose(luma(smoothed), luma(condition), atol=1e-6)  # the given luma
     assert (smoothed - clean).abs().amax() > 0.1  # the oracle's random colour was smoothed
-
-
-def test_a_heavily_compressed_jpeg_gets_a_wider_chroma_filter():
-    clean = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 1.6 - 0.8
-    model = _model("v", clean, residual=True)
-    sampling = replace(model.config.sampling, task_chroma_filter={"jpeg": 1})
-    model = Model(model.net, replace(model.config, sampling=sampling), model.device)
-    condition, mask = jpeg_roundtrip(clean[0], 10)[None], torch.ones(1, 1, 16, 16)
-
-    def finish(image):  # as sampling does to every estimate: the input's low frequencies kept
-        return get_task("jpeg").keep_input(image, condition).clamp(-1, 1)
-
-    for quality, radius in ((10, 3), (11, 1), (None, 1)):  # None: a file whose quality is unknown
-        task = get_task("jpeg", quality=quality)
-        restored = restore(model, condition, mask, sampler="dpmpp", steps=4, task=task)
-        expected = task.temper(finish(smooth_chroma(finish(clean), radius)), condition)
-        assert torch.allclose(restored, expected, atol=2e-3), quality
-    assert (smooth_chroma(clean, 3) - smooth_chroma(clean, 1)).abs().amax() > 0.1  # the radii differ here
-    off = replace(model.config, sampling=replace(sampling, task_chroma_filter={}))
-    restored = restore(Model(model.net, off, model.device), condition, mask, sampler="dpmpp", steps=4,
-                       task=get_task("jpeg", quality=10))
-    assert torch.allclose(restored, finish(finish(clean)), atol=2e-3)  # a model with no filter gets none
 
 
 @pytest.mark.parametrize("residual", [False, True])

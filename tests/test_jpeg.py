@@ -8,7 +8,7 @@ from PIL import Image
 import palette.inference as inference
 from palette.imageio import pil_to_tensor
 from palette.inference import prepare_input, restore, sample_folder
-from palette.jpeg import chroma_filter_radius, correction_share, file_quality
+from palette.jpeg import correction_share, file_quality
 from palette.tasks import get_task
 
 from conftest import save_tiny_model
@@ -38,13 +38,6 @@ def test_the_share_of_the_correction_falls_with_the_quantisation_step():
     assert shares[:15] == [1.0] * 15 and correction_share(None) == 1.0
     assert (correction_share(20), correction_share(50), correction_share(100)) == pytest.approx((0.75, 0.3, 0.0))
     assert all(a >= b for a, b in zip(shares, shares[1:]))
-
-
-def test_heavy_compression_widens_the_chroma_filter_the_model_asks_for():
-    assert [chroma_filter_radius(quality, 1) for quality in (1, 5, 10, 11, 20, 90, None)] == [3, 3, 3, 1, 1, 1, 1]
-    assert (chroma_filter_radius(10, 0), chroma_filter_radius(10, 8), chroma_filter_radius(20, 2)) == (0, 8, 2)
-    assert get_task("jpeg", quality=8).chroma_filter_radius(1) == 3
-    assert get_task("colorization").chroma_filter_radius(8) == 8 and get_task("jpeg").chroma_filter_radius(1) == 1
 
 
 def test_a_jpeg_restoration_keeps_the_share_its_files_quality_sets(tmp_path):

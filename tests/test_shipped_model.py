@@ -59,9 +59,9 @@ def _swd(images, cleans) -> float:
 def jpeg_margin(model, cleans) -> float:
     """The model issue's bar on the restored JPEG (Q = 10): PSNR at least 0.5 dB over the JPEG's, SWD at most its.
 
-    The shipped model gains 0.66 dB here, SWD 31.7 against 32.5 (MODEL_CARD.md); the identity, an untrained
-    network's output, gains none, and 0.30 dB with the chroma filter the model's sampling adds
-    (sampling.task_chroma_filter, at radius 3 for a file this heavy: jpeg.chroma_filter_radius).
+    The shipped model gains 0.61 dB here, SWD 31.3 against 32.5 (MODEL_CARD.md); the identity, an untrained
+    network's output, gains none, and 0.12 dB with the chroma filter the model's sampling adds
+    (sampling.task_chroma_filter).
     """
     condition, _, output = _run(model, get_task("jpeg", quality=10), cleans)
     input_swd = _swd(condition, cleans)

@@ -135,8 +135,7 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
     Without `init`, a strength below 1 starts from the input's own estimate (source_estimate).
     Where the model's sampling defaults say `estimate_chroma` for `task`, only the luma of the change is kept,
     holes at least `hole_colour_depth` px deep have it smoothed along the luma (filters.smooth_deep_hole_colour),
-    and with a `chroma_filter` radius the colour is smoothed along the luma (filters.smooth_chroma; the task may
-    widen it: Task.chroma_filter_radius, a heavily compressed JPEG's);
+    and with a `chroma_filter` radius the colour is smoothed along the luma (filters.smooth_chroma);
     the task then keeps as much of the change as it trusts (Task.temper: a JPEG by its quality).
     """
     config, name = model.config, task.name if task is not None else None
@@ -181,10 +180,7 @@ def restore(model: Model, condition: torch.Tensor, mask: torch.Tensor, sampler: 
         restored = estimate + luma(restored - estimate)  # the estimate's colour, the restored luma
     if has_known and (depth := config.sampling.for_task("hole_colour_depth", name)):
         restored = smooth_deep_hole_colour(restored, mask, depth)
-    radius = config.sampling.for_task("chroma_filter", name)
-    if task is not None:
-        radius = task.chroma_filter_radius(radius)
-    if radius:
+    if radius := config.sampling.for_task("chroma_filter", name):
         restored = smooth_chroma(restored, radius)
     restored = finish(restored) if task is None else task.temper(finish(restored), condition)
     return paste_known(restored, condition if has_known else None, mask)

@@ -24,11 +24,6 @@ ANNEX_K_LUMINANCE = np.array([
 # The model trains on Q 5-30 (Palette App. B). Up to this quality it keeps all of its correction; above, a share
 # that falls with the quantisation step (correction_share), chosen on the validation split (MODEL_CARD.md).
 FULL_CORRECTION_QUALITY = 15
-# Up to this quality 4:2:0 colour is about one flat colour per 16 px block, and the chroma filter the model's sampling
-# asks for (filters.smooth_chroma) widens to at least this radius, refitting the colour to the luma across the
-# blocks' steps; chosen on the validation split and the bundled photos (MODEL_CARD.md).
-HEAVY_COMPRESSION_QUALITY = 10
-HEAVY_COMPRESSION_CHROMA_RADIUS = 3
 
 
 def sample_jpeg_quality(rng: np.random.Generator, low: int = 5, high: int = 30) -> int:
@@ -85,11 +80,3 @@ def correction_share(quality: int | None) -> float:
     if quality is None:
         return 1.0
     return min(1.0, quality_scale(quality) / quality_scale(FULL_CORRECTION_QUALITY))
-
-
-def chroma_filter_radius(quality: int | None, radius: int) -> int:
-    """The chroma filter's radius for a JPEG of `quality` where the model's sampling asks for `radius` (0: off):
-    at least HEAVY_COMPRESSION_CHROMA_RADIUS up to HEAVY_COMPRESSION_QUALITY, else `radius`; none stays none."""
-    if radius and quality is not None and quality <= HEAVY_COMPRESSION_QUALITY:
-        return max(radius, HEAVY_COMPRESSION_CHROMA_RADIUS)
-    return radius

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from .imageio import encode_image
-from .jpeg import (check_quality, chroma_filter_radius, correction_share, file_quality, jpeg_bytes, jpeg_roundtrip,
-                   sample_jpeg_quality)
+from .jpeg import check_quality, correction_share, file_quality, jpeg_bytes, jpeg_roundtrip, sample_jpeg_quality
 from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
 from .tiling import LowResolution, TileGrid, Tiled
 from .windows import FillWindows
@@ -123,10 +122,6 @@ class Task(ABC):
     def temper(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         """A finished restoration [..., 3, H, W] of the input `given`, with as much of its change as is trusted."""
         return image
-
-    def chroma_filter_radius(self, radius: int) -> int:
-        """The chroma filter's radius for this input where the model's sampling asks for `radius` (0: off)."""
-        return radius
 
     def for_file(self, path: str | Path) -> Task:
         """The task as a user's input file describes it (a JPEG its quality); the same task for most."""
@@ -382,10 +377,6 @@ class JpegRestoration(Task):
     def temper(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         # Trained on heavy compression, the model over-corrects a lighter JPEG: keep a share that its Q sets.
         return given + correction_share(self.quality) * (image - given)
-
-    def chroma_filter_radius(self, radius: int) -> int:
-        # Heavy compression leaves one colour per 16 px block: a wider filter takes out the blocks' colour steps.
-        return chroma_filter_radius(self.quality, radius)
 
     def for_file(self, path: str | Path) -> JpegRestoration:
         return self if self.quality is not None else replace(self, quality=file_quality(path))
