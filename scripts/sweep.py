@@ -25,7 +25,7 @@ import torch
 
 from palette.checkpoint import load_config_only
 from palette.config import SamplingConfig, load_config
-from palette.data import centre_crop, random_crop
+from palette.data import evaluation_crops
 from palette.imageio import open_image, pil_to_tensor
 from palette.inference import Model, load_model, restore
 from palette.metrics import sliced_wasserstein_distance
@@ -59,8 +59,7 @@ def validation_crops(val_list: Path, size: int = 64, seed: int = 123) -> torch.T
     for index, name in enumerate(names):
         image = open_image(val_list.parent / name)
         rng = np.random.default_rng([seed, index])
-        crops.append(pil_to_tensor(centre_crop(image, size)))
-        crops += [pil_to_tensor(random_crop(image, size, (0.35, 1.0), False, rng)) for _ in range(3)]
+        crops += [pil_to_tensor(crop) for crop in evaluation_crops(image, size, 4, rng)]
     return torch.stack(crops)
 
 

@@ -14,11 +14,12 @@ compressed JPEGs: their own blocks show in their crops, which favours a JPEG inp
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
 import numpy as np
 
-from palette.data import centre_crop, random_crop
+from palette.data import evaluation_crops
 from palette.imageio import open_image
 
 PHOTOS = {"gradio": ["media_assets/images/cheetah.jpg", "media_assets/images/cheetah1.jpg",
@@ -31,8 +32,6 @@ SEED = 11
 
 def photo_paths() -> list[Path]:
     """The photos' paths in the installed packages; an error names a missing package or file."""
-    import importlib
-
     paths = []
     for package, names in PHOTOS.items():
         try:
@@ -55,9 +54,7 @@ def main() -> None:
     names = []
     for index, path in enumerate(photo_paths()):
         image, rng = open_image(path).convert("RGB"), np.random.default_rng([SEED, index])
-        crops = [centre_crop(image, args.size)]
-        crops += [random_crop(image, args.size, (0.35, 1.0), False, rng) for _ in range(CROPS_PER_PHOTO - 1)]
-        for k, crop in enumerate(crops):
+        for k, crop in enumerate(evaluation_crops(image, args.size, CROPS_PER_PHOTO, rng)):
             names.append(f"{path.stem}_{k}.png")
             crop.save(args.out / names[-1])
     (args.out / "list.txt").write_text("\n".join(names) + "\n")

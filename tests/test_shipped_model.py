@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from palette.data import centre_crop, random_crop
+from palette.data import evaluation_crops
 from palette.demo import example_images, shipped_model_path
 from palette.imageio import open_image, pil_to_tensor
 from palette.inference import Model, load_model, restore
@@ -31,9 +31,7 @@ def cleans(model) -> torch.Tensor:
     crops = []
     for index, path in enumerate(example_images()):
         image, rng = open_image(path), np.random.default_rng([7, index])
-        crops.append(pil_to_tensor(centre_crop(image, model.image_size)))
-        crops += [pil_to_tensor(random_crop(image, model.image_size, (0.35, 1.0), False, rng))
-                  for _ in range(CROPS_PER_PHOTO - 1)]
+        crops += [pil_to_tensor(crop) for crop in evaluation_crops(image, model.image_size, CROPS_PER_PHOTO, rng)]
     return torch.stack(crops)
 
 

@@ -84,6 +84,17 @@ def centre_crop(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), Image.BICUBIC, box=(left, top, left + short, top + short), reducing_gap=3.0)
 
 
+# The random crops an evaluation adds to each image's centre crop: 35-100% of the short side, as training draws them.
+EVALUATION_CROP_SCALE = (0.35, 1.0)
+
+
+def evaluation_crops(image: Image.Image, size: int, count: int, rng: np.random.Generator) -> list[Image.Image]:
+    """The centre crop and `count` - 1 random crops (EVALUATION_CROP_SCALE, never mirrored) of one image, at `size`:
+    the fixed crops the shipped-model test, scripts/sweep.py and scripts/unseen_photos.py take."""
+    return [centre_crop(image, size)] + [random_crop(image, size, EVALUATION_CROP_SCALE, False, rng)
+                                         for _ in range(count - 1)]
+
+
 def task_names(config: DataConfig) -> list[str]:
     """The configured tasks in sorted order; a batch's `task` entry is an index into this list."""
     return sorted(config.tasks)
