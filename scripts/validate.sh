@@ -8,6 +8,8 @@
 # SEEDS="0 1 2" samples every model once per seed (rows palette, palette_seed1, palette_seed2): a bar within a few
 # percent is judged over several seeds, as 16 images leave the first sample's scores noisy. Default: "0".
 # SETS="colorization jpeg_q20" runs only those sets (default: all six), e.g. after a change to one task's sampling.
+# DEGRADE_SEED=2 draws other masks and JPEG settings than the default 1, on which the sampling defaults were chosen:
+# degradations that no choice has seen.
 set -euo pipefail
 diffusion=$1
 regression=$2  # "-": no regression twin
@@ -17,6 +19,7 @@ size=64
 palette=${PALETTE:-palette}
 read -r -a seeds <<< "${SEEDS:-0}"
 only=" ${SETS:-} "
+degrade_seed=${DEGRADE_SEED:-1}
 
 # The validation images as one flat folder (fixed centre crops are taken by `palette degrade --size`).
 mkdir -p "$out/clean"
@@ -46,7 +49,7 @@ for spec in "colorization colorization" \
   [ "$only" != "  " ] && [[ $only != *" $name "* ]] && continue
   data=$out/$name/set
   # shellcheck disable=SC2086  # options are flag and value, split on purpose
-  "$palette" degrade --task "$task" --input "$out/clean" --output "$data" --size "$size" --seed 1 $options
+  "$palette" degrade --task "$task" --input "$out/clean" --output "$data" --size "$size" --seed "$degrade_seed" $options
   masks=()
   [ -d "$data/masks" ] && masks=(--mask "$data/masks")
   for model in "${models[@]}"; do
