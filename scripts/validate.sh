@@ -8,8 +8,8 @@
 # SEEDS="0 1 2" samples every model once per seed (rows palette, palette_seed1, palette_seed2): a bar within a few
 # percent is judged over several seeds, as 16 images leave the first sample's scores noisy. Default: "0".
 # SETS="colorization jpeg_q20" runs only those sets (default: all six), e.g. after a change to one task's sampling.
-# DEGRADE_SEED=2 draws other masks and JPEG settings than the default 1, on which the sampling defaults were chosen:
-# degradations that no choice has seen.
+# DEGRADE_SEED=2 draws other free-form masks than the default 1, on which the sampling defaults were chosen: holes
+# that no choice has seen (the other five sets are fixed by their options and do not depend on it).
 set -euo pipefail
 diffusion=$1
 regression=$2  # "-": no regression twin
