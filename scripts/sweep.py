@@ -26,7 +26,7 @@ import torch
 from palette.checkpoint import load_config_only
 from palette.config import SamplingConfig, load_config
 from palette.data import evaluation_crops
-from palette.imageio import open_image, pil_to_tensor
+from palette.imageio import pil_to_tensor
 from palette.inference import Model, load_model, restore
 from palette.metrics import sliced_wasserstein_distance
 from palette.metrics.pixel import colourfulness, psnr
@@ -54,13 +54,8 @@ CHECKPOINTS = 4
 
 def validation_crops(val_list: Path, size: int = 64, seed: int = 123) -> torch.Tensor:
     """The centre crop and three random crops (scale 0.35-1, as in training) of each listed image, [N, 3, H, W]."""
-    names = [line.strip() for line in val_list.read_text().splitlines() if line.strip()]
-    crops = []
-    for index, name in enumerate(names):
-        image = open_image(val_list.parent / name)
-        rng = np.random.default_rng([seed, index])
-        crops += [pil_to_tensor(crop) for crop in evaluation_crops(image, size, 4, rng)]
-    return torch.stack(crops)
+    paths = [val_list.parent / line.strip() for line in val_list.read_text().splitlines() if line.strip()]
+    return torch.stack([pil_to_tensor(crop) for crop in evaluation_crops(paths, size, 4, seed)])
 
 
 @dataclass(frozen=True)

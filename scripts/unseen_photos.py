@@ -17,10 +17,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-import numpy as np
-
 from palette.data import evaluation_crops
-from palette.imageio import open_image
 
 PHOTOS = {"gradio": ["media_assets/images/cheetah.jpg", "media_assets/images/cheetah1.jpg",
                      "media_assets/images/groot.jpeg", "media_assets/images/lion.jpg",
@@ -51,12 +48,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    names = []
-    for index, path in enumerate(photo_paths()):
-        image, rng = open_image(path).convert("RGB"), np.random.default_rng([SEED, index])
-        for k, crop in enumerate(evaluation_crops(image, args.size, CROPS_PER_PHOTO, rng)):
-            names.append(f"{path.stem}_{k}.png")
-            crop.save(args.out / names[-1])
+    paths = photo_paths()
+    crops = evaluation_crops(paths, args.size, CROPS_PER_PHOTO, SEED)
+    names = [f"{path.stem}_{k}.png" for path in paths for k in range(CROPS_PER_PHOTO)]
+    for name, crop in zip(names, crops):
+        crop.save(args.out / name)
     (args.out / "list.txt").write_text("\n".join(names) + "\n")
     print(f"wrote {len(names)} crops and {args.out / 'list.txt'}")
 

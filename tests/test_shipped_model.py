@@ -11,7 +11,7 @@ import torch
 
 from palette.data import evaluation_crops
 from palette.demo import example_images, shipped_model_path
-from palette.imageio import open_image, pil_to_tensor
+from palette.imageio import pil_to_tensor
 from palette.inference import Model, load_model, restore
 from palette.metrics import colourfulness, psnr, sliced_wasserstein_distance
 from palette.network import PaletteNet
@@ -28,11 +28,8 @@ def model() -> Model:
 
 @pytest.fixture(scope="module")
 def cleans(model) -> torch.Tensor:
-    crops = []
-    for index, path in enumerate(example_images()):
-        image, rng = open_image(path), np.random.default_rng([7, index])
-        crops += [pil_to_tensor(crop) for crop in evaluation_crops(image, model.image_size, CROPS_PER_PHOTO, rng)]
-    return torch.stack(crops)
+    crops = evaluation_crops(example_images(), model.image_size, CROPS_PER_PHOTO, seed=7)
+    return torch.stack([pil_to_tensor(crop) for crop in crops])
 
 
 def _run(model, task, cleans, seed=0):

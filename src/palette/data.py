@@ -88,11 +88,16 @@ def centre_crop(image: Image.Image, size: int) -> Image.Image:
 EVALUATION_CROP_SCALE = (0.35, 1.0)
 
 
-def evaluation_crops(image: Image.Image, size: int, count: int, rng: np.random.Generator) -> list[Image.Image]:
-    """The centre crop and `count` - 1 random crops (EVALUATION_CROP_SCALE, never mirrored) of one image, at `size`:
-    the fixed crops the shipped-model test, scripts/sweep.py and scripts/unseen_photos.py take."""
-    return [centre_crop(image, size)] + [random_crop(image, size, EVALUATION_CROP_SCALE, False, rng)
-                                         for _ in range(count - 1)]
+def evaluation_crops(paths: list[Path], size: int, count: int, seed: int) -> list[Image.Image]:
+    """Of each image, its centre crop and `count` - 1 random crops (EVALUATION_CROP_SCALE, never mirrored; rng
+    (seed, the image's index)), at `size`: the fixed crops the shipped-model test, scripts/sweep.py and
+    scripts/unseen_photos.py take."""
+    crops = []
+    for index, path in enumerate(paths):
+        image, rng = open_image(path), np.random.default_rng([seed, index])
+        crops.append(centre_crop(image, size))
+        crops += [random_crop(image, size, EVALUATION_CROP_SCALE, False, rng) for _ in range(count - 1)]
+    return crops
 
 
 def task_names(config: DataConfig) -> list[str]:
