@@ -140,6 +140,24 @@ def test_overwrite_moves_the_old_run_aside_and_starts_afresh(tiny_config, tmp_pa
         train(None, tmp_path / "run", resume=True, overwrite=True, progress=False)
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_log_step_in_a_log_file(tiny_config, tmp_path, capsys,
+                                                                               monkeypatch, terminal):
+    config = replace(tiny_config, train=replace(tiny_config.train, log_every=2))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    train(config, tmp_path / "run")
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("palette: step")]
+    logged = _log(tmp_path / "run")
+    assert [entry["step"] for entry in logged] == [2, 4, 6]
+    if terminal:
+        assert lines == [] and "\rtraining: 100%" in err
+    else:
+        assert [line.split(",")[0] for line in lines] == ["palette: step 2/6", "palette: step 4/6", "palette: step 6/6"]
+        assert f"loss {logged[-1]['loss']:.4f}, {logged[-1]['images_per_second']:.1f} img/s, lr 0.001" in lines[-1]
+        assert "\r" not in out + err
+
+
 def test_step_seeds_are_distinct_across_seeds_ranks_steps_and_streams():
     assert step_seeds(0, 1, 0) != step_seeds(0, 0, 7919)  # the old linear formula made these equal
     assert step_seeds(0, 0, 5) == step_seeds(0, 0, 5)

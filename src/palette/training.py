@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -320,7 +321,10 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
             print(f"palette: {count_parameters(net) / 1e6:.2f}M parameters, {source}, "
                   f"tasks {names}, device {device}, world size {world}, run {run_dir}")
         folder = latest_checkpoint(run_dir) if rank == 0 else None
-        bar = tqdm(total=settings.steps, initial=start, disable=not progress or rank != 0, desc="training")
+        # A bar redrawn with carriage returns on a terminal; in a log file (nohup, a batch job) a line per log step.
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=settings.steps, initial=start, disable=not progress or not interactive or rank != 0,
+                   desc="training")
         batches = iter(loader)
         clock, seen = time.perf_counter(), 0
         try:
@@ -337,19 +341,21 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
                 seen += settings.batch_size * world
                 bar.update(1)
                 if writer is not None and (done % settings.log_every == 0 or done == settings.steps):
-                    elapsed = time.perf_counter() - clock
+                    value, rate, lr = loss.item(), seen / (time.perf_counter() - clock), optimizer.param_groups[0]["lr"]
                     with open(run_dir / "log.jsonl", "a") as log:
-                        log.write(json.dumps({"step": done, "loss": loss.item(), "images_per_second": seen / elapsed})
-                                  + "\n")
-                    writer.add_scalar("loss/train", loss.item(), done)
+                        log.write(json.dumps({"step": done, "loss": value, "images_per_second": rate}) + "\n")
+                    writer.add_scalar("loss/train", value, done)
                     for index, name in enumerate(names):
                         chosen = batch["task"] == index
                         if chosen.any():
                             writer.add_scalar(f"loss/{name}", losses[chosen].mean().item(), done)
-                    writer.add_scalar("lr", optimizer.param_groups[0]["lr"], done)
+                    writer.add_scalar("lr", lr, done)
                     writer.add_scalar("grad_norm", grad_norm.item(), done)
-                    writer.add_scalar("images_per_second", seen / elapsed, done)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / elapsed:.1f}")
+                    writer.add_scalar("images_per_second", rate, done)
+                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
+                    if progress and not interactive:
+                        print(f"palette: step {done}/{settings.steps}, loss {value:.4f}, {rate:.1f} img/s, lr {lr:.3g}",
+                              flush=True)
                     clock, seen = time.perf_counter(), 0
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
                     if rank == 0:
