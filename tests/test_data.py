@@ -1,4 +1,4 @@
-"""The fixed crops an evaluation takes of its images: the centre and random crops drawn as training draws them."""
+"""The fixed crops an evaluation takes of its images: each one's centre crop, then random crops from a seed."""
 
 import numpy as np
 from PIL import Image
