@@ -7,8 +7,8 @@ on images from outside the wallpaper pool, as the model issue's held-out check i
 The photos are the sample images that the installed packages (`make .venv/.installed`: gradio's UI extra and
 matplotlib's test extra) ship: two cheetahs, a lion, Groot, a lit tower and Grace Hopper. They are read where the
 packages put them and never copied into the repository. Each gives its centre crop and three random crops of 35-100%
-of its short side (`palette.data.evaluation_crops`), resized to 64 px. The lion and the smaller cheetah are small, heavily
-compressed JPEGs: their own blocks show in their crops, which favours a JPEG input on the JPEG sets.
+of its short side (`palette.data.evaluation_crops`), resized to 64 px. The lion and the smaller cheetah are small,
+heavily compressed JPEGs: their own blocks show in their crops, which favours a JPEG input on the JPEG sets.
 """
 
 from __future__ import annotations
