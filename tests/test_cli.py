@@ -71,12 +71,21 @@ def test_degrade_then_sample_writes_outputs_of_the_input_size(trained, task, tmp
             assert np.abs(rgb @ np.array(LUMA_WEIGHTS) - gray).max() <= 1.0
 
 
-def test_sampling_a_single_file_at_model_size(trained, tmp_path):
+def test_sampling_a_single_file_into_a_folder_or_to_a_named_file(trained, tmp_path):
     write_images(tmp_path / "gray", count=1, size=16)
-    main(["sample", "--checkpoint", str(trained / "run" / "checkpoints" / "step_00000002" / "ema.safetensors"),
-          "--task", "colorization", "--input", str(tmp_path / "gray" / "image0.png"), "--output", str(tmp_path / "o"),
-          "--sampler", "ddpm", "--steps", "2"])
-    assert (tmp_path / "o" / "image0.png").is_file()
+    given = str(tmp_path / "gray" / "image0.png")
+    common = ["sample", "--checkpoint", str(trained / "run" / "checkpoints" / "step_00000002" / "ema.safetensors"),
+              "--task", "colorization", "--input", given, "--sampler", "ddpm", "--steps", "2"]
+    main(common + ["--output", str(tmp_path / "o")])
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["image0.png"]
+    main(common + ["--output", str(tmp_path / "named" / "colour.jpg"), "--num-samples", "2"])
+    assert sorted(p.name for p in (tmp_path / "named").iterdir()) == ["colour_0.jpg", "colour_1.jpg"]
+    with Image.open(tmp_path / "named" / "colour_0.jpg") as written:
+        # A real JPEG at quality 95: its luma table's first step is 2 (Pillow's default quality 75 gives 8).
+        assert written.format == "JPEG" and written.size == (16, 16) and written.quantization[0][0] == 2
+    (tmp_path / "folder.png").mkdir()  # an existing folder stays a folder, whatever its name
+    main(common + ["--output", str(tmp_path / "folder.png")])
+    assert (tmp_path / "folder.png" / "image0.png").is_file()
 
 
 def test_sampling_a_large_odd_sized_photo_in_tiles_with_a_preview(trained, tmp_path, capsys):

@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--task", required=True, choices=list(TASKS))
     sample.add_argument("--input", required=True, help="a degraded image or a folder of them")
     sample.add_argument("--mask", help="mask PNG or folder of masks named like the inputs (white = generate)")
-    sample.add_argument("--output", required=True)
+    sample.add_argument("--output", required=True,
+                        help="a folder (gets <stem>.png per input), or for one input file an image path (photo.png)")
     sample.add_argument("--sampler", choices=SAMPLERS, help="default: the model's configured sampler")
     sample.add_argument("--steps", type=int, help="sampling steps, 1 to 1000 (default: the model's configured steps)")
     sample.add_argument("--guidance", type=float,

@@ -176,6 +176,9 @@ def load_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
 def save_image(tensor: torch.Tensor, path: str | Path) -> None:
     """Write a [C, H, W] tensor in [-1, 1] as an 8-bit image in the format of the suffix, atomically.
 
+    A lossy format (JPEG, WebP) is written at quality 95, not Pillow's default 75, which would add back the
+    artefacts a restoration took out.
+
     A reader sees the old file or the new one, never a part; on an error (a full disk, a read-only folder, a file
     where a folder should be) an OutputError names `path` and an existing file there is left untouched.
     """
@@ -185,7 +188,8 @@ def save_image(tensor: torch.Tensor, path: str | Path) -> None:
         raise ImageError(f"{path}: unknown image suffix {path.suffix!r}; use .png")
     image = tensor_to_pil(tensor)
     ensure_folder(path)
-    write_atomic(path, lambda temporary: image.save(temporary, format=image_format))
+    options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+    write_atomic(path, lambda temporary: image.save(temporary, format=image_format, **options))
 
 
 def resize_image(tensor: torch.Tensor, height: int, width: int, resample: int = Image.BICUBIC) -> torch.Tensor:

@@ -25,7 +25,7 @@ from .config import Config
 from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
 from .filters import smooth_chroma, smooth_deep_hole_colour
 from .guidance import load_guide, weak_network
-from .imageio import ImageError, check_unique_stems, list_images, load_image, save_image
+from .imageio import IMAGE_SUFFIXES, ImageError, check_unique_stems, list_images, load_image, save_image
 from .masks import EmptyMaskError, load_mask
 from .network import PaletteNet, autocast, network_input, regression_output
 from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler, sdedit_start_step
@@ -346,6 +346,9 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
                   guidance: float | None = None, strength: float | None = None) -> list[Path]:
     """Restore every image in `input` (a file or folder) at its own size; write `output/<stem>.png` (or `<stem>_<k>.png`).
 
+    A single input file with `output` named as an image (`photo.png`, not an existing folder) is written there
+    (`photo_<k>.png` for several samples), in the format of its suffix.
+
     Sample k of an image is seeded from (seed, file name, k), so it does not depend on the other files in the
     folder. `batch_size` tiles go through the network at once. With `preview` (a folder), each coarse result is
     written there first under the output's name. Outputs are written atomically, so one that exists is
@@ -376,9 +379,12 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     mask_dir = Path(mask) if mask is not None else None
     inputs = [(path, find_mask(mask_dir, path)) for path in paths]  # a missing mask fails before any sampling
     written, skipped = [], 0
+    to_file = input.is_file() and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
+    folder, stem, suffix = (output.parent, output.stem, output.suffix) if to_file else (output, None, ".png")
     for path, mask_path in tqdm(inputs, desc="images", unit="image", disable=not progress):
-        names = [f"{path.stem}_{k}.png" if num_samples > 1 else f"{path.stem}.png" for k in range(num_samples)]
-        if not overwrite and all((output / name).is_file() for name in names):
+        names = [f"{stem or path.stem}_{k}{suffix}" if num_samples > 1 else f"{stem or path.stem}{suffix}"
+                 for k in range(num_samples)]
+        if not overwrite and all((folder / name).is_file() for name in names):
             skipped += 1
             continue
         try:
@@ -387,19 +393,19 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
             warnings.warn(f"{error}; the output is the input, copied", stacklevel=2)
             image, image_mask = load_image(path, "RGB"), None
             for name in names:
-                save_image(image, output / name)
-                written.append(output / name)
+                save_image(image, folder / name)
+                written.append(folder / name)
             continue
         for k, name in enumerate(names):
-            if not overwrite and (output / name).is_file():
+            if not overwrite and (folder / name).is_file():
                 continue
             show = None if preview is None else lambda coarse, name=name: save_image(coarse, Path(preview) / name)
             restored = restore_image(model, task_to_run.for_file(path), image, image_mask, sampler=sampler, steps=steps,
                                      seed=derive_seed(seed, path.name, str(k)), precision=precision,
                                      progress=progress, preview=show, tile=tile, overlap=overlap,
                                      tile_batch=batch_size, guidance=guidance, strength=strength)
-            save_image(restored, output / name)
-            written.append(output / name)
+            save_image(restored, folder / name)
+            written.append(folder / name)
     if skipped:
-        print(f"skipped {skipped} input(s) whose outputs exist in {output} (--overwrite redoes them)")
+        print(f"skipped {skipped} input(s) whose outputs exist in {folder} (--overwrite redoes them)")
     return written
