@@ -11,7 +11,8 @@ from PIL import Image
 from palette.config import config_from_dict
 from palette.diffusion import training_noise_levels, v_target
 from palette.filters import smooth_chroma, smooth_deep_hole_colour
-from palette.inference import Model, derive_seed, make_denoiser, restore, sample_folder
+from palette.folders import sample_folder
+from palette.inference import Model, derive_seed, make_denoiser, restore
 from palette.samplers import SAMPLERS
 from palette.tasks import get_task, luma, source_estimate
 from palette.unet import SelfAttention

@@ -5,9 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+import palette.folders as folders
 import palette.inference as inference
 from palette.imageio import pil_to_tensor
-from palette.inference import prepare_input, restore, sample_folder
+from palette.folders import prepare_input, sample_folder
+from palette.inference import restore
 from palette.jpeg import correction_share, file_quality
 from palette.tasks import get_task
 
@@ -61,12 +63,12 @@ def test_palette_sample_reads_each_files_quality(tmp_path, monkeypatch):
     _photo(0).resize((16, 16)).save(folder / "heavy.jpg", quality=10)
     _photo(2).resize((16, 16)).save(folder / "light.jpg", quality=90)
     seen = set()
-    real = inference.restore_image
+    real = folders.restore_image
 
     def spy(model, task, *args, **kwargs):
         seen.add(task.quality)
         return real(model, task, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "restore_image", spy)
+    monkeypatch.setattr(folders, "restore_image", spy)
     written = sample_folder(save_tiny_model(tmp_path), "jpeg", folder, tmp_path / "out", progress=False)
     assert seen == {10, 90} and len(written) == 2

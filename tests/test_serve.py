@@ -111,7 +111,7 @@ def _stroke_layer(folder: Path, width: int = WIDTH, height: int = HEIGHT) -> Pat
 def test_each_task_gives_what_the_cli_gives(served, task, tmp_path):
     from gradio_client import handle_file
 
-    from palette.inference import extend_file, sample_folder
+    from palette.folders import extend_file, sample_folder
 
     client, checkpoint, folder, *_ = served
     photo = write_photo(tmp_path / "photo.png")
@@ -167,7 +167,7 @@ def test_each_task_gives_what_the_cli_gives(served, task, tmp_path):
 
 
 def test_a_light_jpeg_keeps_the_share_of_the_change_its_quality_sets_as_in_the_cli(served, tmp_path):
-    from palette.inference import sample_folder
+    from palette.folders import sample_folder
 
     client, checkpoint, *_ = served
     Image.open(write_photo(tmp_path / "source.png")).save(tmp_path / "light.jpg", quality=90)
@@ -220,7 +220,7 @@ def test_a_file_over_50_MB_is_refused(served, tmp_path, monkeypatch):
 
 
 def test_empty_steps_sample_with_the_models_steps_for_the_task(served, tmp_path):
-    from palette.inference import sample_folder
+    from palette.folders import sample_folder
 
     client, checkpoint, *_ = served
     photo = write_photo(tmp_path / "photo.png")

@@ -21,9 +21,10 @@ from unittest import mock
 
 import torch
 
-from . import inference, samplers
+from . import folders, inference, samplers
 from .bench import bench_command, device_name, format_number, parse_sampler, publish, section_heading, synchronize
-from .inference import derive_seed, load_model, prepare_input, restore
+from .folders import prepare_input
+from .inference import derive_seed, load_model, restore
 from .tasks import get_task
 
 QUALITY_SAMPLERS = tuple(f"{name}:{steps}" for name in ("ddim", "dpmpp", "unipc") for steps in (10, 20, 25, 50, 100))
@@ -177,19 +178,19 @@ def run_profile(checkpoint: str | Path, data: str | Path, task: str, sampler: st
         return model
 
     with tempfile.TemporaryDirectory() as output, ExitStack() as patches:
-        for target, attribute, part in ((inference, "load_input", "reading and writing images"),
-                                        (inference, "save_image", "reading and writing images"),
+        for target, attribute, part in ((folders, "load_input", "reading and writing images"),
+                                        (folders, "save_image", "reading and writing images"),
                                         (inference, "source_estimate", "conditioning"),
                                         (task_class, "condition_from_input", "conditioning"),
                                         (inference, "paste_known", "pasting and clipping"),
                                         (samplers, "paste_known", "pasting and clipping"),
                                         (task_class, "keep_input", "pasting and clipping")):
             patches.enter_context(mock.patch.object(target, attribute, watch.wrap(part, getattr(target, attribute))))
-        patches.enter_context(mock.patch.object(inference, "load_model",
+        patches.enter_context(mock.patch.object(folders, "load_model",
                                                 watch.wrap("model loading", load_and_watch)))
         start = time.perf_counter()
-        inference.sample_folder(checkpoint, task, data, output, sampler=sampler_name, steps=steps, seed=seed,
-                                device=device, progress=False)
+        folders.sample_folder(checkpoint, task, data, output, sampler=sampler_name, steps=steps, seed=seed,
+                              device=device, progress=False)
         total = time.perf_counter() - start
     seconds = {part: watch.seconds[part] for part in PROFILE_PARTS}
     seconds["sampler and the rest"] = total - sum(seconds.values())

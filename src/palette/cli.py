@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from .inference import sample_folder
+    from .folders import sample_folder
 
     written = sample_folder(args.checkpoint, args.task, args.input, args.output, mask=args.mask, sampler=args.sampler,
                             steps=args.steps, num_samples=args.num_samples, seed=args.seed,
@@ -60,7 +60,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 def _extend(args: argparse.Namespace) -> None:
     from .demo import shipped_model_path
-    from .inference import extend_file
+    from .folders import extend_file
 
     written = extend_file(args.checkpoint or shipped_model_path(), args.image, args.output, left=args.left,
                           right=args.right, top=args.top, bottom=args.bottom, sampler=args.sampler, steps=args.steps,

@@ -1,17 +1,14 @@
-"""Restoring images with a trained model: load a checkpoint, build the denoiser, sample batches, photos and folders.
+"""Restoring images with a trained model: load a checkpoint, build the denoiser, sample batches and photos.
 
     model = load_model("runs/demo")                    # a run folder, checkpoint folder or .safetensors file
     outputs = restore(model, condition, mask, sampler="dpmpp", steps=20, seed=0)   # a batch at the model's grid
     photo = restore_image(model, get_task("jpeg"), image)                        # one image at its own size
     wider = extend_image(model, image, right=512)                                 # grow an image
-    sample_folder("model.safetensors", "inpainting", "inputs/", "out/", mask="masks/")
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,11 +22,8 @@ from .config import Config
 from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
 from .filters import smooth_chroma, smooth_deep_hole_colour
 from .guidance import load_guide, weak_network
-from .imageio import IMAGE_SUFFIXES, ImageError, check_unique_stems, list_images, load_image, save_image
-from .masks import EmptyMaskError, load_mask
 from .network import PaletteNet, autocast, network_input, regression_output
 from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler, sdedit_start_step
-from .shards import rank_slice
 from .tasks import Task, get_task, luma, source_estimate
 from .tiling import Preview, TiledNetwork, TileGrid
 
@@ -279,133 +273,3 @@ def extend_image(model: Model, image: torch.Tensor, left: int = 0, right: int = 
     mask = torch.ones(1, *canvas.shape[1:])
     mask[:, top:top + height, left:left + width] = 0
     return restore_image(model, get_task("uncropping"), canvas, mask, **options)
-
-
-def extend_file(checkpoint: str | Path, input: str | Path, output: str | Path, left: int = 0, right: int = 0,
-                top: int = 0, bottom: int = 0, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                device: str | None = None, precision: Precision = "fp32", preview: str | Path | None = None,
-                progress: bool = True) -> Path:
-    """`palette extend`: read an image, grow it, write the result (and the coarse result to `preview` first)."""
-    check_sampling(sampler, steps)
-    image = load_image(input, "RGB")
-    model = load_model(checkpoint, device)
-    show = None if preview is None else lambda coarse: save_image(coarse, preview)
-    save_image(extend_image(model, image, left, right, top, bottom, sampler=sampler, steps=steps, seed=seed,
-                            precision=precision, preview=show, progress=progress), output)
-    return Path(output)
-
-
-def load_input(task: Task, image_path: Path, mask_path: Path | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A user's degraded image [3, H, W] and, for a task with a known region, its mask [1, H, W]."""
-    image = load_image(image_path, "RGB")
-    if not task.has_known_region:
-        return image, None
-    if mask_path is None:
-        raise ImageError(f"{image_path}: task {task.name} needs a mask PNG with the same stem (--mask)")
-    return image, load_mask(mask_path, *image.shape[1:], check_coverage=True)
-
-
-@dataclass
-class PreparedInput:
-    """One user input as the model's condition and mask, at the input's own size."""
-
-    path: Path
-    task: Task
-    condition: torch.Tensor  # [3, H, W]
-    mask: torch.Tensor       # [1, H, W], 1 = generate
-
-
-def prepare_input(task_name: str, image_path: Path, mask_path: Path | None, size: int | None = None,
-                  seed: int = 0) -> PreparedInput:
-    """A user's image (and mask) -> condition and mask; `size`, if given, is the side a batch needs."""
-    task = get_task(task_name).for_file(image_path)
-    image, mask = load_input(task, image_path, mask_path)
-    if size is not None and tuple(image.shape[1:]) != (size, size):
-        raise ImageError(f"{image_path}: {image.shape[2]}x{image.shape[1]}, expected {size}x{size}")
-    degraded = task.condition_from_input(image, mask, np.random.default_rng(derive_seed(seed, image_path.name)))
-    return PreparedInput(image_path, task, degraded.condition, degraded.mask)
-
-
-def find_mask(mask_dir: Path | None, image_path: Path) -> Path | None:
-    """The mask PNG with the image's stem: in `mask_dir` (a folder or a single file)."""
-    if mask_dir is None:
-        return None
-    if mask_dir.is_file():
-        return mask_dir
-    candidate = mask_dir / f"{image_path.stem}.png"
-    if not candidate.is_file():
-        raise ImageError(f"{candidate}: missing mask for input {image_path}")
-    return candidate
-
-
-def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: str | Path,
-                  mask: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
-                  num_samples: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
-                  precision: Precision = "fp32", progress: bool = True, preview: str | Path | None = None,
-                  tile: int | None = None, overlap: int | None = None, overwrite: bool = False,
-                  guidance: float | None = None, strength: float | None = None) -> list[Path]:
-    """Restore every image in `input` (a file or folder) at its own size; write `output/<stem>.png` (or `<stem>_<k>.png`).
-
-    A single input file with `output` named as an image (`photo.png`, not an existing folder) is written there
-    (`photo_<k>.png` for several samples), in the format of its suffix.
-
-    Sample k of an image is seeded from (seed, file name, k), so it does not depend on the other files in the
-    folder. `batch_size` tiles go through the network at once. With `preview` (a folder), each coarse result is
-    written there first under the output's name. Outputs are written atomically, so one that exists is
-    complete: a rerun skips it (resuming an interrupted folder) unless `overwrite`. Under torchrun each rank
-    restores its own contiguous share of the inputs (RANK, WORLD_SIZE) and returns what it wrote.
-    """
-    from tqdm import tqdm
-
-    # Fail on bad options before loading anything.
-    task_to_run = get_task(task)
-    check_sampling(sampler, steps, guidance, strength)
-    for flag, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if device is None and world_size > 1 and torch.cuda.is_available():
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    model = load_model(checkpoint, device)
-    if task not in model.config.data.tasks:
-        warnings.warn(f"task {task} was not in this model's training mixture {sorted(model.config.data.tasks)}",
-                      stacklevel=2)
-    input, output = Path(input), Path(output)
-    paths = [input] if input.is_file() else list_images(input)
-    if not paths:
-        raise ImageError(f"{input}: no input images")
-    check_unique_stems(paths)
-    paths = rank_slice(paths, rank, world_size)
-    mask_dir = Path(mask) if mask is not None else None
-    inputs = [(path, find_mask(mask_dir, path)) for path in paths]  # a missing mask fails before any sampling
-    written, skipped = [], 0
-    to_file = input.is_file() and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
-    folder, stem, suffix = (output.parent, output.stem, output.suffix) if to_file else (output, None, ".png")
-    for path, mask_path in tqdm(inputs, desc="images", unit="image", disable=not progress):
-        names = [f"{stem or path.stem}_{k}{suffix}" if num_samples > 1 else f"{stem or path.stem}{suffix}"
-                 for k in range(num_samples)]
-        if not overwrite and all((folder / name).is_file() for name in names):
-            skipped += 1
-            continue
-        try:
-            image, image_mask = load_input(task_to_run, path, mask_path)
-        except EmptyMaskError as error:
-            warnings.warn(f"{error}; the output is the input, copied", stacklevel=2)
-            image, image_mask = load_image(path, "RGB"), None
-            for name in names:
-                save_image(image, folder / name)
-                written.append(folder / name)
-            continue
-        for k, name in enumerate(names):
-            if not overwrite and (folder / name).is_file():
-                continue
-            show = None if preview is None else lambda coarse, name=name: save_image(coarse, Path(preview) / name)
-            restored = restore_image(model, task_to_run.for_file(path), image, image_mask, sampler=sampler, steps=steps,
-                                     seed=derive_seed(seed, path.name, str(k)), precision=precision,
-                                     progress=progress, preview=show, tile=tile, overlap=overlap,
-                                     tile_batch=batch_size, guidance=guidance, strength=strength)
-            save_image(restored, folder / name)
-            written.append(folder / name)
-    if skipped:
-        print(f"skipped {skipped} input(s) whose outputs exist in {folder} (--overwrite redoes them)")
-    return written
