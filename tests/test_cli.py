@@ -71,7 +71,7 @@ def test_degrade_then_sample_writes_outputs_of_the_input_size(trained, task, tmp
             assert np.abs(rgb @ np.array(LUMA_WEIGHTS) - gray).max() <= 1.0
 
 
-def test_sampling_a_single_file_into_a_folder_or_to_a_named_file(trained, tmp_path):
+def test_sampling_a_single_file_into_a_folder_or_to_a_named_file(trained, tmp_path, capsys):
     write_images(tmp_path / "gray", count=1, size=16)
     given = str(tmp_path / "gray" / "image0.png")
     common = ["sample", "--checkpoint", str(trained / "run" / "checkpoints" / "step_00000002" / "ema.safetensors"),
@@ -86,6 +86,9 @@ def test_sampling_a_single_file_into_a_folder_or_to_a_named_file(trained, tmp_pa
     (tmp_path / "folder.png").mkdir()  # an existing folder stays a folder, whatever its name
     main(common + ["--output", str(tmp_path / "folder.png")])
     assert (tmp_path / "folder.png" / "image0.png").is_file()
+    folder_input = common[:common.index(given)] + [str(tmp_path / "gray")] + common[common.index(given) + 1:]
+    err = _error(capsys, folder_input + ["--output", str(tmp_path / "all.png")])
+    assert "all.png: names one image, but" in err and not (tmp_path / "all.png").exists()
 
 
 def test_sampling_a_large_odd_sized_photo_in_tiles_with_a_preview(trained, tmp_path, capsys):

@@ -89,10 +89,10 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
                   precision: Precision = "fp32", progress: bool = True, preview: str | Path | None = None,
                   tile: int | None = None, overlap: int | None = None, overwrite: bool = False,
                   guidance: float | None = None, strength: float | None = None) -> list[Path]:
-    """Restore every image in `input` (a file or folder) at its own size; write `output/<stem>.png` (or `<stem>_<k>.png`).
+    """Restore each image in `input` (a file or folder) at its own size into `output/<stem>.png` (`<stem>_<k>.png`).
 
     A single input file with `output` named as an image (`photo.png`, not an existing folder) is written there
-    (`photo_<k>.png` for several samples), in the format of its suffix.
+    (`photo_<k>.png` for several samples), in the format of its suffix; a folder of inputs needs a folder.
 
     Sample k of an image is seeded from (seed, file name, k), so it does not depend on the other files in the
     folder. `batch_size` tiles go through the network at once. With `preview` (a folder), each coarse result is
@@ -108,6 +108,10 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     for flag, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    input, output = Path(input), Path(output)
+    to_file = output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
+    if to_file and not input.is_file():
+        raise ImageError(f"{output}: names one image, but {input} is not an image file; give a folder for --output")
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if device is None and world_size > 1 and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
@@ -115,7 +119,6 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     if task not in model.config.data.tasks:
         warnings.warn(f"task {task} was not in this model's training mixture {sorted(model.config.data.tasks)}",
                       stacklevel=2)
-    input, output = Path(input), Path(output)
     paths = [input] if input.is_file() else list_images(input)
     if not paths:
         raise ImageError(f"{input}: no input images")
@@ -124,7 +127,6 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     mask_dir = Path(mask) if mask is not None else None
     inputs = [(path, find_mask(mask_dir, path)) for path in paths]  # a missing mask fails before any sampling
     written, skipped = [], 0
-    to_file = input.is_file() and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
     folder, stem, suffix = (output.parent, output.stem, output.suffix) if to_file else (output, None, ".png")
     for path, mask_path in tqdm(inputs, desc="images", unit="image", disable=not progress):
         names = [f"{stem or path.stem}_{k}{suffix}" if num_samples > 1 else f"{stem or path.stem}{suffix}"
