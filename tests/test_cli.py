@@ -12,7 +12,7 @@ from PIL import Image
 
 from palette.checkpoint import latest_checkpoint, read_checkpoint
 from palette.cli import main
-from palette.demo import example_images
+from palette.demo import example_images, shipped_model_path
 from palette.tasks import LUMA_WEIGHTS
 
 from conftest import tiny_values, write_images
@@ -89,6 +89,17 @@ def test_sampling_a_single_file_into_a_folder_or_to_a_named_file(trained, tmp_pa
     folder_input = common[:common.index(given)] + [str(tmp_path / "gray")] + common[common.index(given) + 1:]
     err = _error(capsys, folder_input + ["--output", str(tmp_path / "all.png")])
     assert "all.png: names one image, but" in err and not (tmp_path / "all.png").exists()
+
+
+def test_sampling_without_a_checkpoint_uses_the_shipped_model(tmp_path):
+    Image.open(example_images()[0]).convert("RGB").resize((32, 24)).save(tmp_path / "photo.jpg", quality=10)
+    common = ["sample", "--task", "jpeg", "--input", str(tmp_path / "photo.jpg")]
+    main(common + ["--output", str(tmp_path / "default.png")])
+    main(common + ["--output", str(tmp_path / "named.png"), "--checkpoint", str(shipped_model_path())])
+    with Image.open(tmp_path / "default.png") as default, Image.open(tmp_path / "named.png") as named, \
+            Image.open(tmp_path / "photo.jpg") as given:
+        assert default.size == (32, 24) and np.array_equal(np.asarray(default), np.asarray(named))
+        assert not np.array_equal(np.asarray(default), np.asarray(given.convert("RGB")))
 
 
 def test_sampling_a_large_odd_sized_photo_in_tiles_with_a_preview(trained, tmp_path, capsys):

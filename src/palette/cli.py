@@ -2,6 +2,7 @@
 
     palette train --config configs/tiny.yaml --set train.steps=200 --run-dir runs/tiny
     palette sample --checkpoint runs/tiny --task inpainting --input inputs/ --mask masks/ --output out/
+    palette sample --task jpeg --input photo.jpg --output restored.png        # the shipped model
     palette extend photo.jpg --right 512 --output wider.png
     palette degrade --task jpeg --input photos/ --output evalset/ --size 64
     palette evaluate --pred out/ --target evalset/targets --out results.json
@@ -48,10 +49,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from .demo import shipped_model_path
     from .folders import sample_folder
 
-    written = sample_folder(args.checkpoint, args.task, args.input, args.output, mask=args.mask, sampler=args.sampler,
-                            steps=args.steps, num_samples=args.num_samples, seed=args.seed,
+    written = sample_folder(args.checkpoint or shipped_model_path(), args.task, args.input, args.output, mask=args.mask,
+                            sampler=args.sampler, steps=args.steps, num_samples=args.num_samples, seed=args.seed,
                             batch_size=args.batch_size, device=args.device, precision=args.precision,
                             preview=args.preview, tile=args.tile, overlap=args.overlap, overwrite=args.overwrite,
                             guidance=args.guidance, strength=args.strength)
@@ -205,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     sample = commands.add_parser("sample", help="restore degraded images with a trained model (no ground truth)")
-    sample.add_argument("--checkpoint", required=True, help="a .safetensors file, checkpoint folder or run folder")
+    sample.add_argument("--checkpoint",
+                        help="a .safetensors file, checkpoint folder or run folder (default: the shipped model)")
     sample.add_argument("--task", required=True, choices=list(TASKS))
     sample.add_argument("--input", required=True, help="a degraded image or a folder of them")
     sample.add_argument("--mask", help="mask PNG or folder of masks named like the inputs (white = generate)")
