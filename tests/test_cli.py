@@ -236,11 +236,18 @@ def test_demo_writes_the_page_and_grids(trained, tmp_path, capsys):
     assert "demo page:" in capsys.readouterr().out
 
 
-def test_demo_on_a_users_image(trained, tmp_path):
-    write_images(tmp_path / "mine", count=1, size=30)
-    main(["demo", "--checkpoint", str(trained / "run"), "--input", str(tmp_path / "mine" / "image0.png"),
+def test_demo_on_a_users_wide_image(trained, tmp_path):
+    Image.open(example_images()[1]).convert("RGB").resize((61, 30)).save(tmp_path / "wide.png")
+    main(["demo", "--checkpoint", str(trained / "run"), "--input", str(tmp_path / "wide.png"),
           "--output", str(tmp_path / "demo"), "--steps", "2"])
     with Image.open(tmp_path / "demo" / "colorization.png") as grid:
         assert grid.size == (3 * 16 * 3, 16 * 3)
-    with Image.open(tmp_path / "demo" / "colorization_full.png") as figure:  # 30 px photo, 10 px crops zoomed 3x
-        assert figure.size == (3 * 30, 30 + 10 * 3)
+    # A 61x30 photo: 20x10 px crops of the photo's shape, zoomed 3x, fill each panel's width but its last px.
+    with Image.open(tmp_path / "demo" / "colorization_full.png") as figure, Image.open(tmp_path / "wide.png") as given:
+        pixels = np.asarray(figure)
+        assert figure.size == (3 * 61, 30 + 10 * 3)
+        original_zoom = pixels[30:, 122:122 + 60]
+        assert np.array_equal(original_zoom, original_zoom[::3, ::3].repeat(3, 0).repeat(3, 1))
+        crops = [np.asarray(given)[top:top + 10, left:left + 20] for top in range(21) for left in range(42)]
+        assert any(np.array_equal(original_zoom[::3, ::3], crop) for crop in crops)
+        assert (pixels[30:, 122 + 60] == 0).all()  # 61 - 3 * 20 = 1 px of padding

@@ -84,14 +84,18 @@ def _focus(mask: torch.Tensor | None, height: int, width: int) -> tuple[int, int
 
 
 def _full_size_figure(images: list[torch.Tensor], mask: torch.Tensor | None, path: Path) -> None:
-    """Images side by side at their size; below each, a crop around the focus enlarged DISPLAY_SCALE times."""
+    """Images side by side at their size; below each, a crop around the focus enlarged DISPLAY_SCALE times.
+
+    The crop has the image's shape, a DISPLAY_SCALE-th of each side, so enlarged it fills the image's width.
+    """
     height, width = images[0].shape[1:]
-    side = max(1, min(height, width) // DISPLAY_SCALE)
+    crop_height, crop_width = max(1, height // DISPLAY_SCALE), max(1, width // DISPLAY_SCALE)
     row, col = _focus(mask, height, width)
-    top, left = min(max(0, row - side // 2), height - side), min(max(0, col - side // 2), width - side)
+    top = min(max(0, row - crop_height // 2), height - crop_height)
+    left = min(max(0, col - crop_width // 2), width - crop_width)
     crops = []
     for image in images:
-        crop = image[:, top:top + side, left:left + side]
+        crop = image[:, top:top + crop_height, left:left + crop_width]
         crop = crop.repeat_interleave(DISPLAY_SCALE, 1).repeat_interleave(DISPLAY_SCALE, 2)
         crops.append(torch.nn.functional.pad(crop, (0, width - crop.shape[2], 0, 0), value=-1.0))
     save_image(torch.cat([torch.cat(images, dim=2), torch.cat(crops, dim=2)], dim=1), path)
