@@ -1,15 +1,18 @@
-"""palette serve in a real browser: headless Chromium (Debian's package) driven by Playwright.
+"""palette serve and palette study in a real browser: headless Chromium (Debian's package) driven by Playwright.
 
 Upload a photo, paint a stroke in the editor, run inpainting, and check the result: it appears, it differs from the
-photo under the stroke and equals it far from it, and no request left 127.0.0.1. Also writes the README screenshot:
+photo under the stroke and equals it far from it, and no request left 127.0.0.1. In the study, a rater starts, sees
+a pair that the page hides after its seconds, and answers; the answer is in the database. Also writes the README
+screenshots:
 
-    .venv/bin/python tests/test_browser.py docs/ui.png      # the shipped model on a bundled photo
+    .venv/bin/python tests/test_browser.py docs/ui.png docs/study.png    # the shipped model on the bundled photos
 """
 
 from __future__ import annotations
 
 import io
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -74,8 +77,35 @@ def inpaint_in_browser(url: str, photo: Path, screenshot: Path, timeout_s: float
     return result, requests
 
 
-@pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (apt-get install chromium; "
-                                                    ".ci/run installs it)")
+def rate_in_browser(url: str, seconds: float, screenshot: Path) -> tuple[bool, bool]:
+    """Start as rater "ann", capture the first pair, answer it after the page hid it; return whether the pair was
+    visible at first and after `seconds`."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(url, wait_until="load")  # the page's timer keeps the network busy: never idle
+            page.locator("#rater textarea, #rater input").first.fill("ann")
+            page.locator("#start").click()
+            page.locator("#left img").wait_for(timeout=60_000)
+            page.screenshot(path=str(screenshot), full_page=True)
+            shown = page.locator("#left img").is_visible() and page.locator("#right img").is_visible()
+            time.sleep(seconds + 2)
+            still_shown = page.locator("#left img").is_visible() or page.locator("#right img").is_visible()
+            page.locator("#pick-left").click()
+            page.get_by_text("Pair 2 of").wait_for(timeout=30_000)
+        finally:
+            browser.close()
+    return shown, still_shown
+
+
+needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (apt-get install "
+                                                                    "chromium; .ci/run installs it)")
+
+
+@needs_chromium
 def test_inpainting_in_a_real_browser(tmp_path):
     pytest.importorskip("gradio")
     pytest.importorskip("playwright")
@@ -100,10 +130,37 @@ def test_inpainting_in_a_real_browser(tmp_path):
     assert hosts == {"127.0.0.1"}, hosts
 
 
-if __name__ == "__main__":  # the README screenshot: the shipped model on a bundled photo
+@needs_chromium
+def test_a_rater_in_a_real_browser_sees_a_pair_for_its_seconds(tmp_path):
+    pytest.importorskip("gradio")
+    pytest.importorskip("playwright")
+    from palette.study import serve_study
+    from test_serve import free_port
+    from test_study import _study_folders
+
+    real, fake = _study_folders(tmp_path, 2)
+    port = free_port()
+    app = serve_study(real, [fake], db=tmp_path / "study.sqlite", seconds=2, port=port, block=False)
+    try:
+        shown, still_shown = rate_in_browser(f"http://127.0.0.1:{port}/", 2, tmp_path / "study.png")
+    finally:
+        app.close()
+    assert shown and not still_shown  # the pair shows, then the page's timer hides it
+    with sqlite3.connect(tmp_path / "study.sqlite") as connection:
+        rows = connection.execute("SELECT rater, choice, seconds FROM answers").fetchall()
+    connection.close()
+    assert len(rows) == 1 and rows[0][:2] == ("ann", "left") and rows[0][2] > 2
+
+
+if __name__ == "__main__":  # the README screenshots: the shipped model on the bundled photos
+    import tempfile
+
+    from palette.degrade import degrade_folder
     from palette.demo import example_images, shipped_model_path
+    from palette.folders import sample_folder
     from palette.inference import load_model
     from palette.serve import build_app, launch
+    from palette.study import serve_study
 
     from test_serve import free_port
 
@@ -113,3 +170,15 @@ if __name__ == "__main__":  # the README screenshot: the shipped model on a bund
         inpaint_in_browser(f"http://127.0.0.1:{port}/", example_images()[0], Path(sys.argv[1]), timeout_s=600)
     finally:
         app.close()
+    with tempfile.TemporaryDirectory() as folder:  # colorizations of the bundled photos at 128 px, paired
+        examples = example_images()[0].parent
+        degrade_folder("colorization", examples, Path(folder) / "set", seed=0, size=128)
+        sample_folder(shipped_model_path(), "colorization", Path(folder) / "set" / "inputs",
+                      Path(folder) / "palette-64_colorization", progress=False)
+        port = free_port()
+        app = serve_study(Path(folder) / "set" / "targets", [Path(folder) / "palette-64_colorization"],
+                          db=Path(folder) / "study.sqlite", seconds=3, port=port, block=False)
+        try:
+            rate_in_browser(f"http://127.0.0.1:{port}/", 3, Path(sys.argv[2]))
+        finally:
+            app.close()
