@@ -128,6 +128,12 @@ def test_extend_grows_the_image_by_the_given_pixels(trained, tmp_path, capsys):
     err = _error(capsys, ["extend", str(tmp_path / "in" / "image0.png"), "--output", str(tmp_path / "same.png"),
                         "--checkpoint", str(trained / "run")])
     assert "nothing to extend" in err
+    # A bad output name is refused before the model loads (the checkpoint here does not exist), not after sampling.
+    base = ["extend", str(tmp_path / "in" / "image0.png"), "--right", "8",
+            "--checkpoint", str(tmp_path / "missing.safetensors")]
+    for output, preview in (("wide.xyz", None), ("wide.png", "coarse")):
+        argv = base + ["--output", str(tmp_path / output)] + (["--preview", str(tmp_path / preview)] if preview else [])
+        assert f"{preview or output}: unknown image suffix" in _error(capsys, argv)
 
 
 def _logged_steps(run_dir: Path) -> list[int]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import IMAGE_SUFFIXES, ImageError, check_unique_stems, list_images, load_image, save_image
+from .imageio import (IMAGE_SUFFIXES, ImageError, check_unique_stems, list_images, load_image, output_format,
+                      save_image)
 from .inference import Precision, derive_seed, extend_image, load_model, restore_image
 from .masks import EmptyMaskError, load_mask
 from .samplers import check_sampling
@@ -32,6 +33,9 @@ def extend_file(checkpoint: str | Path, input: str | Path, output: str | Path, l
                 progress: bool = True) -> Path:
     """`palette extend`: read an image, grow it, write the result (and the coarse result to `preview` first)."""
     check_sampling(sampler, steps)
+    for path in (output, preview):  # a bad output name fails before the sampling, not after it
+        if path is not None:
+            output_format(path)
     image = load_image(input, "RGB")
     model = load_model(checkpoint, device)
     show = None if preview is None else lambda coarse: save_image(coarse, preview)

@@ -173,6 +173,15 @@ def load_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     return pil_to_tensor(open_image(path, mode))
 
 
+def output_format(path: str | Path) -> str:
+    """Pillow's format for writing `path`, from its suffix; an ImageError for a suffix Pillow cannot write."""
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        raise ImageError(f"{path}: unknown image suffix {path.suffix!r}; use .png")
+    return image_format
+
+
 def save_image(tensor: torch.Tensor, path: str | Path) -> None:
     """Write a [C, H, W] tensor in [-1, 1] as an 8-bit image in the format of the suffix, atomically.
 
@@ -183,9 +192,7 @@ def save_image(tensor: torch.Tensor, path: str | Path) -> None:
     where a folder should be) an OutputError names `path` and an existing file there is left untouched.
     """
     path = Path(path)
-    image_format = Image.registered_extensions().get(path.suffix.lower())
-    if image_format is None:
-        raise ImageError(f"{path}: unknown image suffix {path.suffix!r}; use .png")
+    image_format = output_format(path)
     image = tensor_to_pil(tensor)
     ensure_folder(path)
     options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
