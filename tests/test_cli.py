@@ -73,22 +73,26 @@ def test_degrade_then_sample_writes_outputs_of_the_input_size(trained, task, tmp
 
 def test_sampling_a_single_file_into_a_folder_or_to_a_named_file(trained, tmp_path, capsys):
     write_images(tmp_path / "gray", count=1, size=16)
-    given = str(tmp_path / "gray" / "image0.png")
-    common = ["sample", "--checkpoint", str(trained / "run" / "checkpoints" / "step_00000002" / "ema.safetensors"),
-              "--task", "colorization", "--input", given, "--sampler", "ddpm", "--steps", "2"]
-    main(common + ["--output", str(tmp_path / "o")])
+    checkpoint = trained / "run" / "checkpoints" / "step_00000002" / "ema.safetensors"
+
+    def sample(input: Path, output: Path, *flags: str) -> list[str]:
+        return ["sample", "--checkpoint", str(checkpoint), "--task", "colorization", "--input", str(input),
+                "--output", str(output), "--sampler", "ddpm", "--steps", "2", *flags]
+
+    given = tmp_path / "gray" / "image0.png"
+    main(sample(given, tmp_path / "o"))
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["image0.png"]
-    main(common + ["--output", str(tmp_path / "named" / "colour.jpg"), "--num-samples", "2"])
+    main(sample(given, tmp_path / "named" / "colour.jpg", "--num-samples", "2"))
     assert sorted(p.name for p in (tmp_path / "named").iterdir()) == ["colour_0.jpg", "colour_1.jpg"]
     with Image.open(tmp_path / "named" / "colour_0.jpg") as written:
         # A real JPEG at quality 95: its luma table's first step is 2 (Pillow's default quality 75 gives 8).
         assert written.format == "JPEG" and written.size == (16, 16) and written.quantization[0][0] == 2
     (tmp_path / "folder.png").mkdir()  # an existing folder stays a folder, whatever its name
-    main(common + ["--output", str(tmp_path / "folder.png")])
+    main(sample(given, tmp_path / "folder.png"))
     assert (tmp_path / "folder.png" / "image0.png").is_file()
-    folder_input = common[:common.index(given)] + [str(tmp_path / "gray")] + common[common.index(given) + 1:]
-    err = _error(capsys, folder_input + ["--output", str(tmp_path / "all.png")])
+    err = _error(capsys, sample(tmp_path / "gray", tmp_path / "all.png"))
     assert "all.png: names one image, but" in err and not (tmp_path / "all.png").exists()
+    assert "typo.png: no such file or folder" in _error(capsys, sample(tmp_path / "typo.png", tmp_path / "t.png"))
 
 
 def test_sampling_without_a_checkpoint_uses_the_shipped_model(tmp_path):

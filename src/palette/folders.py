@@ -113,9 +113,11 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
     input, output = Path(input), Path(output)
+    if not input.exists():
+        raise ImageError(f"{input}: no such file or folder")
     to_file = output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
-    if to_file and not input.is_file():
-        raise ImageError(f"{output}: names one image, but {input} is not an image file; give a folder for --output")
+    if to_file and input.is_dir():
+        raise ImageError(f"{output}: names one image, but {input} is a folder of inputs; give a folder for --output")
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if device is None and world_size > 1 and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
