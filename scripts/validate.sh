@@ -31,10 +31,10 @@ models=(palette)
 [ "$regression" != - ] && models+=(regression)
 
 results=()
-evaluate() {  # evaluate SET_NAME PREDICTIONS MODEL: one row of the report
+evaluate() {  # evaluate SET_NAME PREDICTIONS MODEL: one row of the report (the baselines get their own below)
   local data=$out/$1/set
   "$palette" evaluate --pred "$2" --target "$data/targets" --input "$data/inputs" --model "$3" --task "$1" \
-    --out "$out/$1/$3.json" > /dev/null
+    --no-baselines --out "$out/$1/$3.json" > /dev/null
   results+=("$out/$1/$3.json")
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -108,3 +109,34 @@ def test_an_unknown_method_lists_the_valid_ones(tmp_path, capsys):
                                        "valid methods: telea, navier_stokes\n")
     with pytest.raises(ValueError, match="needs a mask folder"):
         baseline_folder("uncropping", "navier_stokes", tmp_path, tmp_path / "out")
+
+
+def test_evaluate_scores_the_input_and_opencv_beside_the_model(image_folder, tmp_path, capsys):
+    from palette.evaluate import evaluate_folders
+    from palette.report import render_report
+
+    degrade_folder("inpainting", image_folder, tmp_path / "set", size=32, mask_kind="centre")
+    inputs, targets, masks = (tmp_path / "set" / name for name in ("inputs", "targets", "masks"))
+    baseline_folder("inpainting", "telea", inputs, tmp_path / "mine", mask_dir=masks)  # a "model" that is Telea
+    common = ["evaluate", "--pred", str(tmp_path / "mine"), "--target", str(targets), "--input", str(inputs),
+              "--model", "mine", "--metrics", "l1,psnr,swd"]
+    main(common + ["--task", "inpainting", "--out", str(tmp_path / "mine.json")])
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "mine.json").read_text())
+    rows = results["baselines"]
+    assert list(rows) == ["input", "telea", "navier_stokes"]
+    assert rows["telea"]["metrics"] == results["metrics"]  # the same restoration, scored alike
+    baseline_folder("inpainting", "navier_stokes", inputs, tmp_path / "ns", mask_dir=masks)
+    alone = evaluate_folders(tmp_path / "ns", targets, input_dir=inputs, metrics=["l1", "psnr", "swd"])
+    assert rows["navier_stokes"]["metrics"] == alone["metrics"]
+    assert rows["input"]["metrics"]["psnr"]["mean"] < rows["navier_stokes"]["metrics"]["psnr"]["mean"] - 3
+    for label in ("| mine |", "| degraded input |", "| OpenCV Telea |", "| OpenCV Navier-Stokes |"):
+        assert label in printed.split("Beside what a user already has:")[1]
+    report = render_report([tmp_path / "mine.json"], tmp_path / "report.md").read_text()
+    assert report.count("| OpenCV Navier-Stokes |") == 1 and "Results: `mine.json`" in report
+
+    main(common + ["--task", "inpainting_centre", "--no-baselines", "--out", str(tmp_path / "bare.json")])
+    assert "baselines" not in json.loads((tmp_path / "bare.json").read_text())
+    main(common + ["--task", "inpainting_centre", "--out", str(tmp_path / "named.json")])  # a set's name: no methods
+    assert list(json.loads((tmp_path / "named.json").read_text())["baselines"]) == ["input"]
+    assert "(--task inpainting|uncropping|jpeg adds OpenCV's rows)" in capsys.readouterr().out

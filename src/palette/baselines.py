@@ -3,6 +3,8 @@
     restored = apply_baseline("telea", image, mask)  # uint8 RGB [H, W, 3] or a [3, H, W] tensor in [-1, 1]
     baseline_folder("inpainting", "telea", "set/inputs", "out/telea", mask_dir="set/masks")
     # CLI: palette baseline --task inpainting --method telea --input set/inputs --mask set/masks --output out/telea
+    rows = evaluate_baselines("inpainting", "set/inputs", "set/targets")  # {"input": results, "telea": ...}
+    # CLI: palette evaluate --pred out --target set/targets --input set/inputs --task inpainting (prints them too)
 
 Inpainting and uncropping fill the hole with Telea's fast marching method (Telea 2004) or OpenCV's
 Navier-Stokes inpainting (Bertalmio et al. 2001); JPEG restoration denoises with non-local means (Buades
@@ -11,8 +13,9 @@ et al. 2005). Colorization has none: the gray input itself is what a user alread
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -125,3 +128,30 @@ def baseline_folder(task: str, method: BaselineMethod, input_dir: str | Path, ou
         save_image(apply_baseline(method, image, mask), output)
         written.append(output)
     return written
+
+
+def evaluate_baselines(task: str | None, input_dir: str | Path, target_dir: str | Path,
+                       masks_dir: str | Path | None = None, **options: Any) -> dict[str, dict[str, Any]]:
+    """What a user already has, scored as a model is: the degraded input itself and each OpenCV method of `task`.
+
+    Keys are BASELINE_LABELS' keys ("input", "telea", ...), values evaluate_folders' results; `options` are its
+    metric options (metrics, weights, device, batch_size, labels). For a name that is not a task's (none, or a set's
+    name a report groups by) only the input is scored. The hole-filling methods take the masks from `masks_dir`,
+    by default `palette degrade`'s masks/ beside the inputs.
+    """
+    from .evaluate import evaluate_folders
+
+    masks = Path(masks_dir) if masks_dir is not None else Path(input_dir).parent / "masks"
+    methods = BASELINES.get(task, ())
+    if any(method in INPAINTING_METHODS for method in methods) and not masks.is_dir():
+        raise ValueError(f"{masks}: no masks folder; OpenCV's {task} baselines need the masks of {input_dir}")
+    rows = {"input": evaluate_folders(input_dir, target_dir, input_dir=input_dir, masks_dir=masks_dir, model="input",
+                                      task=task, **options)}
+    with tempfile.TemporaryDirectory() as scratch:
+        for method in methods:
+            baseline_folder(task, method, input_dir, Path(scratch) / method,
+                            mask_dir=masks if method in INPAINTING_METHODS else None)
+            rows[method] = evaluate_folders(Path(scratch) / method, target_dir, input_dir=input_dir,
+                                            masks_dir=masks_dir, model=method, task=task, **options)
+            rows[method]["pred_dir"] = None  # the outputs were scratch files, not kept
+    return rows

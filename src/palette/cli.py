@@ -79,18 +79,27 @@ def _degrade(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .baselines import BASELINES, evaluate_baselines
     from .evaluate import evaluate_folders, format_table
+    from .report import baseline_table
 
-    metrics = args.metrics.split(",") if args.metrics else None
-    results = evaluate_folders(
-        args.pred, args.target, input_dir=args.input, metrics=metrics, inception_weights=args.inception_weights,
-        resnet50_weights=args.resnet50_weights, inception_v1_weights=args.inception_v1_weights,
-        lpips_weights=args.lpips_weights, reference_stats=args.reference_stats, labels=args.labels,
-        device=args.device, batch_size=args.batch_size, save_stats=args.save_stats, model=args.model, task=args.task)
+    options = dict(metrics=args.metrics.split(",") if args.metrics else None, inception_weights=args.inception_weights,
+                   resnet50_weights=args.resnet50_weights, inception_v1_weights=args.inception_v1_weights,
+                   lpips_weights=args.lpips_weights, reference_stats=args.reference_stats, labels=args.labels,
+                   device=args.device, batch_size=args.batch_size)
+    results = evaluate_folders(args.pred, args.target, input_dir=args.input, save_stats=args.save_stats,
+                               model=args.model, task=args.task, **options)
+    if args.input and not args.no_baselines:
+        results["baselines"] = evaluate_baselines(args.task, args.input, args.target, **options)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
     print(format_table(results))
+    if "baselines" in results:
+        restorable = "|".join(task for task, methods in BASELINES.items() if methods)
+        hint = "" if args.task in BASELINES else f" (--task {restorable} adds OpenCV's rows)"
+        print(f"\nBeside what a user already has{hint}:")
+        print(baseline_table(results))
 
 
 def _baseline(args: argparse.Namespace) -> None:
@@ -262,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics of predictions against targets")
     evaluate.add_argument("--pred", required=True)
     evaluate.add_argument("--target", required=True)
-    evaluate.add_argument("--input")
+    evaluate.add_argument("--input", help="the degraded inputs (palette degrade's inputs/): known-region checks, and "
+                                          "the input itself and OpenCV's restorations scored beside the model")
+    evaluate.add_argument("--no-baselines", action="store_true",
+                          help="with --input, do not score the input and OpenCV's restorations")
     evaluate.add_argument("--metrics", help="comma-separated metric names (default: all available)")
     for flag in ("inception-weights", "resnet50-weights", "inception-v1-weights", "lpips-weights",
                  "reference-stats", "labels", "save-stats"):

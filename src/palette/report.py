@@ -50,7 +50,8 @@ class _Run:
         return None if entry is None else headline_value(entry)
 
 
-def _load_run(path: str | Path) -> _Run:
+def _load_runs(path: str | Path) -> list[_Run]:
+    """The run of an evaluate JSON file, then the baselines evaluated beside it (`palette evaluate --input`)."""
     path = Path(path)
     try:
         results = json.loads(path.read_text())
@@ -58,8 +59,22 @@ def _load_run(path: str | Path) -> _Run:
         raise ValueError(f"{path}: not a readable evaluate JSON file ({error})") from error
     if not isinstance(results, dict) or "metrics" not in results:
         raise ValueError(f"{path}: no 'metrics' entry; expected the output of palette evaluate --out")
-    model = results.get("model") or path.stem
-    return _Run(path, BASELINE_LABELS.get(model, model), results.get("task") or NO_TASK, results)
+    return _runs(results, path)
+
+
+def _runs(results: dict[str, Any], source: Path) -> list[_Run]:
+    model = results.get("model") or source.stem
+    task = results.get("task") or NO_TASK
+    return [_Run(source, BASELINE_LABELS.get(model, model), task, results)] + [
+        _Run(source, BASELINE_LABELS.get(key, key), task, baseline)
+        for key, baseline in results.get("baselines", {}).items()]
+
+
+def baseline_table(results: dict[str, Any]) -> str:
+    """A Markdown table of a model's results beside the baselines evaluated with it (`evaluate_baselines`)."""
+    runs = _runs(results, Path(results.get("pred_dir") or "model"))
+    columns = [column for column in QUALITY_COLUMNS if any(run.value(column[1]) is not None for run in runs)]
+    return "\n".join(_table(runs, columns))
 
 
 def _single_sample(run: _Run) -> bool:
@@ -106,11 +121,12 @@ def render_report(result_files: Sequence[str | Path], out: str | Path) -> Path:
     """Write a Markdown report of the given evaluate results (and a PNG bar chart beside it); returns its path."""
     if not result_files:
         raise ValueError("render_report needs at least one evaluate JSON file")
-    runs = [_load_run(path) for path in result_files]
+    runs = [run for path in result_files for run in _load_runs(path)]
     out = Path(out)
-    names = [run.source.name for run in runs]
+    sources = [Path(path) for path in result_files]
+    names = [source.name for source in sources]
     if len(set(names)) < len(names):  # validate.sh writes <set>/<model>.json: name the folder too
-        names = [f"{run.source.parent.name}/{run.source.name}" for run in runs]
+        names = [f"{source.parent.name}/{source.name}" for source in sources]
     lines = ["# Palette evaluation", "", "Results: " + ", ".join(f"`{name}`" for name in names), ""]
     for task in dict.fromkeys(run.task for run in runs):
         task_runs = [run for run in runs if run.task == task]
