@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .baselines import BASELINE_LABELS, NLMEANS_STRENGTH
+from .baselines import BASELINE_LABELS, BASELINES, NLMEANS_STRENGTH
 from .evaluate import headline_value
 
 # (header, metric, format); CA is stored as a fraction and shown in percent like the paper.
@@ -71,10 +71,13 @@ def _runs(results: dict[str, Any], source: Path) -> list[_Run]:
 
 
 def baseline_table(results: dict[str, Any]) -> str:
-    """A Markdown table of a model's results beside the baselines evaluated with it (`evaluate_baselines`)."""
+    """A heading and a Markdown table of a model's results beside the baselines evaluated with it
+    (`evaluate_baselines`); the heading says how to add OpenCV's rows where the task named none."""
     runs = _runs(results, Path(results.get("pred_dir") or "model"))
     columns = [column for column in QUALITY_COLUMNS if any(run.value(column[1]) is not None for run in runs)]
-    return "\n".join(_table(runs, columns))
+    restorable = "|".join(task for task, methods in BASELINES.items() if methods)
+    hint = "" if results.get("task") in BASELINES else f" (--task {restorable} adds OpenCV's rows)"
+    return "\n".join([f"Beside what a user already has{hint}:", *_table(runs, columns)])
 
 
 def _single_sample(run: _Run) -> bool:
