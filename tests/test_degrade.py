@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from palette.baselines import baseline_folder
 from palette.degrade import degrade_folder
 from palette.imageio import ImageError, load_image
 from palette.masks import load_mask, uncropping_mask
@@ -61,6 +62,19 @@ def test_same_seed_same_bytes_and_another_seed_other_masks(clean_dir, tmp_path):
     assert first == second
     masks = [key for key in first if key.startswith("masks/")]
     assert any(first[key] != other[key] for key in masks)
+
+
+def test_one_file_degrades_as_the_first_of_a_folder_and_leaves_no_temporary_file(clean_dir, tmp_path):
+    degrade_folder("inpainting", clean_dir, tmp_path / "folder", seed=3, size=32)
+    assert degrade_folder("inpainting", clean_dir / "a.png", tmp_path / "one", seed=3, size=32) == 1
+    one, folder = files(tmp_path / "one"), files(tmp_path / "folder")
+    assert sorted(one) == ["inputs/a.png", "masks/a.png", "targets/a.png"]  # a.png is image 0 of the folder too
+    assert all(one[key] == folder[key] for key in one)
+    written = baseline_folder("inpainting", "telea", tmp_path / "one" / "inputs" / "a.png", tmp_path / "telea",
+                              mask_dir=tmp_path / "one" / "masks")
+    assert [path.name for path in written] == ["a.png"] and sorted(files(tmp_path / "telea")) == ["a.png"]
+    with pytest.raises(ImageError, match="missing.png: no such file or folder"):
+        degrade_folder("inpainting", clean_dir / "missing.png", tmp_path / "none")
 
 
 def test_colorization_writes_gray_pngs_that_round_trip(clean_dir, tmp_path):

@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     degrade = commands.add_parser("degrade", help="make an evaluation set: inputs/, masks/, targets/")
     degrade.add_argument("--task", required=True, choices=list(TASKS))
-    degrade.add_argument("--input", required=True, help="folder of clean images")
+    degrade.add_argument("--input", required=True, help="a clean image or a folder of them")
     degrade.add_argument("--output", required=True)
     degrade.add_argument("--seed", type=int, default=0)
     degrade.add_argument("--size", type=int, help="centre-crop and resize to SIZE x SIZE")
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = commands.add_parser("baseline", help="classical OpenCV restoration of a folder, to compare against")
     baseline.add_argument("--task", required=True, choices=list(TASKS))
     baseline.add_argument("--method", required=True, help="one of the task's methods (a wrong name lists them)")
-    baseline.add_argument("--input", required=True, help="folder of degraded inputs (<stem>.png or .jpg)")
+    baseline.add_argument("--input", required=True, help="a degraded input (<stem>.png or .jpg) or a folder of them")
     baseline.add_argument("--mask", help="folder of masks named <stem>.png (white = fill); inpainting methods")
     baseline.add_argument("--output", required=True, help="writes <stem>.png per input")
     baseline.set_defaults(handler=_baseline)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import centre_crop
-from .imageio import ImageError, check_unique_stems, list_images, open_image, pil_to_tensor
+from .files import ensure_folder, write_atomic
+from .imageio import ImageError, check_unique_stems, image_inputs, open_image, pil_to_tensor
 from .masks import save_mask
 from .tasks import get_task
 
@@ -44,6 +45,8 @@ def degrade_folder(
 ) -> int:
     """Write inputs/, masks/ (tasks with a known region) and targets/ under output_dir; returns the count.
 
+    `input_dir` is a folder of clean images (searched recursively) or one image file. Files are written atomically.
+
     Image i of the sorted folder uses rng default_rng([seed, i]), so outputs do not depend on which
     other files are readable. Unreadable files are skipped with a warning.
     """
@@ -51,8 +54,9 @@ def degrade_folder(
     if size is not None and size < 1:
         raise ValueError(f"size must be positive, got {size}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    paths = list_images(input_dir)
-    check_unique_stems(paths, root=input_dir)
+    paths = image_inputs(input_dir)
+    root = input_dir if input_dir.is_dir() else input_dir.parent  # names are relative to it
+    check_unique_stems(paths, root=root)
     written = 0
     for index, path in enumerate(paths):
         try:
@@ -62,16 +66,16 @@ def degrade_folder(
             continue
         if size is not None:
             clean = centre_crop(clean, size)
-        name = path.relative_to(input_dir).with_suffix("")
+        name = path.relative_to(root).with_suffix("")
         user_input = degrader.simulate_input(pil_to_tensor(clean), np.random.default_rng([seed, index]))
         input_path = output_dir / "inputs" / f"{name}{user_input.suffix}"
-        input_path.parent.mkdir(parents=True, exist_ok=True)
-        input_path.write_bytes(user_input.data)
+        ensure_folder(input_path)
+        write_atomic(input_path, lambda temporary: temporary.write_bytes(user_input.data))
         if user_input.mask is not None:
             save_mask(user_input.mask, output_dir / "masks" / f"{name}.png")
         target_path = output_dir / "targets" / f"{name}.png"
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        clean.save(target_path)
+        ensure_folder(target_path)
+        write_atomic(target_path, lambda temporary: clean.save(temporary, format="PNG"))
         written += 1
     if not written:
         raise ImageError(f"{input_dir}: no usable image")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import (IMAGE_SUFFIXES, ImageError, check_unique_stems, list_images, load_image, output_format,
+from .imageio import (IMAGE_SUFFIXES, ImageError, check_unique_stems, image_inputs, load_image, output_format,
                       save_image)
 from .inference import Precision, derive_seed, extend_image, load_model, restore_image
 from .masks import EmptyMaskError, load_mask
@@ -113,8 +113,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
     input, output = Path(input), Path(output)
-    if not input.exists():
-        raise ImageError(f"{input}: no such file or folder")
+    paths = image_inputs(input)
     to_file = output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
     if to_file and input.is_dir():
         raise ImageError(f"{output}: names one image, but {input} is a folder of inputs; give a folder for --output")
@@ -125,7 +124,6 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     if task not in model.config.data.tasks:
         warnings.warn(f"task {task} was not in this model's training mixture {sorted(model.config.data.tasks)}",
                       stacklevel=2)
-    paths = [input] if input.is_file() else list_images(input)
     if not paths:
         raise ImageError(f"{input}: no input images")
     check_unique_stems(paths)

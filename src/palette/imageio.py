@@ -42,6 +42,16 @@ class ImageError(ValueError):
     """An input image or mask that cannot be used; the message names the file."""
 
 
+def image_inputs(path: str | Path) -> list[Path]:
+    """What a user names as input: the image file itself, or every image under the folder."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise ImageError(f"{path}: no such file or folder")
+    return list_images(path)
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """All image files under `folder`, searched recursively, in a stable order."""
     folder = Path(folder)

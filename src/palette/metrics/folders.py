@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..imageio import ImageError, list_images
+from ..imageio import ImageError, image_inputs
 
 
 class FolderMismatchError(ValueError):
@@ -33,11 +33,13 @@ class ImagePair:
 
 
 def keyed_images(folder: str | Path) -> dict[str, Path]:
-    """Images under `folder` by relative path without suffix; two files with one key are an error."""
+    """Images under `folder` (or the one image file) by relative path without suffix; two files with one key are an
+    error."""
     folder = Path(folder)
+    root = folder if folder.is_dir() else folder.parent
     keyed: dict[str, Path] = {}
-    for path in list_images(folder):
-        key = path.relative_to(folder).with_suffix("").as_posix()
+    for path in image_inputs(folder):
+        key = path.relative_to(root).with_suffix("").as_posix()
         if key in keyed:
             raise ImageError(f"{keyed[key]} and {path} have the same name; keep one")
         keyed[key] = path
