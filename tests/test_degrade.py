@@ -75,6 +75,8 @@ def test_one_file_degrades_as_the_first_of_a_folder_and_leaves_no_temporary_file
     assert [path.name for path in written] == ["a.png"] and sorted(files(tmp_path / "telea")) == ["a.png"]
     with pytest.raises(ImageError, match="missing.png: no such file or folder"):
         degrade_folder("inpainting", clean_dir / "missing.png", tmp_path / "none")
+    for _ in range(2):  # an output folder inside the input folder is not read back as clean images
+        assert degrade_folder("inpainting", clean_dir, clean_dir / "set", seed=3, size=32) == 3
 
 
 def test_colorization_writes_gray_pngs_that_round_trip(clean_dir, tmp_path):

@@ -136,6 +136,15 @@ def test_a_rerun_skips_complete_outputs_and_redoes_missing_ones(random_tiny_mode
     assert len(sample_folder(**common, overwrite=True)) == 3
 
 
+def test_an_output_folder_inside_the_input_folder_is_not_read_as_inputs(random_tiny_model, tmp_path, capsys):
+    inputs = _gray_inputs(tmp_path / "photos", 2)
+    common = dict(checkpoint=random_tiny_model, task="colorization", input=inputs, output=inputs / "colour",
+                  progress=False, device="cpu", steps=2)
+    assert [p.name for p in sample_folder(**common)] == ["gray0.png", "gray1.png"]
+    assert sample_folder(**common) == []  # the rerun sees the 2 inputs, both done; not 4 with clashing names
+    assert "skipped 2 input(s)" in capsys.readouterr().out
+
+
 def test_an_all_black_mask_copies_the_input_with_a_warning(random_tiny_model, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()

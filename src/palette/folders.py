@@ -113,7 +113,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
     input, output = Path(input), Path(output)
-    paths = image_inputs(input)
+    paths = image_inputs(input, output)
     to_file = output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
     if to_file and input.is_dir():
         raise ImageError(f"{output}: names one image, but {input} is a folder of inputs; give a folder for --output")

@@ -42,14 +42,16 @@ class ImageError(ValueError):
     """An input image or mask that cannot be used; the message names the file."""
 
 
-def image_inputs(path: str | Path) -> list[Path]:
-    """What a user names as input: the image file itself, or every image under the folder."""
+def image_inputs(path: str | Path, output: str | Path | None = None) -> list[Path]:
+    """What a user names as input: the image file itself, or every image under the folder except those under
+    `output` (an output folder inside the input folder: a rerun must not take its outputs for inputs)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.exists():
         raise ImageError(f"{path}: no such file or folder")
-    return list_images(path)
+    outputs = None if output is None else Path(output).resolve()
+    return [image for image in list_images(path) if outputs is None or outputs not in image.resolve().parents]
 
 
 def list_images(folder: str | Path) -> list[Path]:
