@@ -196,8 +196,16 @@ def test_export_stores_changed_sampling_defaults_and_refuses_training_keys(rando
     assert config.sampling.task_steps == {"colorization": 3}
     assert all(torch.equal(state[k], original[k].half().float()) for k in state)  # fp16 storage
     with pytest.raises(SystemExit):
-        main(["export", "--checkpoint", str(random_tiny_model), "--out", str(out), "--set", "train.lr=1"])
+        main(["export", "--checkpoint", str(random_tiny_model), "--out", str(out), "--set", "train.lr=1",
+              "--overwrite"])
     assert "only sampling.* defaults can change after training" in capsys.readouterr().err
+    before = out.read_bytes()  # an existing export is kept unless --overwrite says otherwise
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", str(random_tiny_model), "--out", str(out)])
+    assert f"{out}: exists; choose another --out, or pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    main(["export", "--checkpoint", str(random_tiny_model), "--out", str(out), "--overwrite"])
+    assert load_weights(out)[1].sampling.task_steps == {}
 
 
 def test_export_of_several_checkpoints_is_the_mean_of_their_weights(random_tiny_model, tmp_path, capsys):
@@ -219,7 +227,8 @@ def test_export_of_several_checkpoints_is_the_mean_of_their_weights(random_tiny_
     schedule = replace(config.diffusion, train_steps=config.diffusion.train_steps + 1)  # another noise schedule
     save_weights(other, state, replace(config, diffusion=schedule))
     with pytest.raises(SystemExit):
-        main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(other), "--out", str(out)])
+        main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(other), "--out",
+              str(tmp_path / "failed.safetensors")])
     assert f"{other}: another network or diffusion setting" in capsys.readouterr().err
 
     # A branch that learned to take the mask (network.mask_input) joins the soup first; the other's mask weights
@@ -228,13 +237,15 @@ def test_export_of_several_checkpoints_is_the_mean_of_their_weights(random_tiny_
     masked = tmp_path / "masked.safetensors"
     widened = dict(state, **{"unet.conv_in.weight": torch.ones(state["unet.conv_in.weight"].shape[0], 7, 3, 3)})
     save_weights(masked, widened, masked_config)
-    main(["export", "--checkpoint", str(masked), "--checkpoint", str(random_tiny_model), "--out", str(out), "--fp32"])
+    main(["export", "--checkpoint", str(masked), "--checkpoint", str(random_tiny_model), "--out", str(out), "--fp32",
+          "--overwrite"])
     soup, soup_config = load_weights(out)
     mixed = soup["unet.conv_in.weight"]
     assert soup_config.network.mask_input and torch.equal(mixed[:, 3], torch.full_like(mixed[:, 3], 0.5))
     assert torch.allclose(mixed[:, [0, 1, 2, 4, 5, 6]], (1 + state["unet.conv_in.weight"]) / 2)
     with pytest.raises(SystemExit):
-        main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(masked), "--out", str(out)])
+        main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(masked), "--out",
+              str(tmp_path / "failed.safetensors")])
     assert f"{masked}: its network takes the mask and {random_tiny_model}'s does not; list it first" in \
         capsys.readouterr().err
 

@@ -305,15 +305,18 @@ def read_checkpoint(folder: str | Path) -> dict[str, Any]:
 
 
 def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Path, half: bool = True,
-                   overrides: Sequence[str] = ()) -> Path:
+                   overrides: Sequence[str] = (), overwrite: bool = False) -> Path:
     """Copy a checkpoint's EMA weights (fp16 storage by default) and config into one self-contained file.
 
     Several checkpoints give their uniform mean (a model soup, Wortsman et al. 2022): branches fine-tuned from
     one trunk average into one network. They must share the network and the diffusion settings, dropout aside;
     a network without the mask input joins one with it listed first (with_mask_input widens it). The config is
     the first one's. `overrides` (`sampling.KEY=VALUE`) change the sampling defaults stored with the weights;
-    nothing that shaped the training can be changed here.
+    nothing that shaped the training can be changed here. An existing `out` is refused unless `overwrite`: an
+    export may be the only copy of weights whose run has moved on.
     """
+    if Path(out).exists() and not overwrite:
+        raise CheckpointError(f"{out}: exists; choose another --out, or pass --overwrite to replace it")
     for override in overrides:
         if not override.startswith("sampling."):
             raise ConfigError(f"export --set {override}: only sampling.* defaults can change after training")

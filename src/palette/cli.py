@@ -122,7 +122,9 @@ def _demo(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .checkpoint import export_weights
 
-    print(f"wrote {export_weights(args.checkpoint, args.out, half=not args.fp32, overrides=args.set)}")
+    written = export_weights(args.checkpoint, args.out, half=not args.fp32, overrides=args.set,
+                             overwrite=args.overwrite)
+    print(f"wrote {written}")
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -268,8 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics of predictions against targets")
     evaluate.add_argument("--pred", required=True)
     evaluate.add_argument("--target", required=True)
-    evaluate.add_argument("--input", help="the degraded inputs (palette degrade's inputs/): known-region checks, and "
-                                          "the input itself and OpenCV's restorations scored beside the model")
+    evaluate.add_argument("--input", help="the degraded inputs: also scored, with OpenCV's restorations, beside it")
     evaluate.add_argument("--no-baselines", action="store_true",
                           help="with --input, do not score the input and OpenCV's restorations")
     evaluate.add_argument("--metrics", help="comma-separated metric names (default: all available)")
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "uniform mean of their weights (branches of one trunk)")
     export.add_argument("--out", required=True)
     export.add_argument("--fp32", action="store_true", help="keep float32 storage (default: float16)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE",
                         help="change a stored sampling default, e.g. sampling.task_steps.jpeg=1 (repeatable)")
     export.set_defaults(handler=_export)
