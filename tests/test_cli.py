@@ -93,6 +93,10 @@ def test_sampling_a_single_file_into_a_folder_or_to_a_named_file(trained, tmp_pa
     err = _error(capsys, sample(tmp_path / "gray", tmp_path / "all.png"))
     assert "all.png: names one image, but" in err and not (tmp_path / "all.png").exists()
     assert "typo.png: no such file or folder" in _error(capsys, sample(tmp_path / "typo.png", tmp_path / "t.png"))
+    before = given.read_bytes()  # the user's own image or folder as the output: refused, even with --overwrite
+    for target in (given, tmp_path / "gray"):
+        err = _error(capsys, sample(target, target, "--overwrite"))
+        assert f"{target}: is the input" in err and given.read_bytes() == before
 
 
 def test_sampling_without_a_checkpoint_uses_the_shipped_model(tmp_path):
@@ -135,6 +139,8 @@ def test_extend_grows_the_image_by_the_given_pixels(trained, tmp_path, capsys):
     # A bad output name is refused before the model loads (the checkpoint here does not exist), not after sampling.
     base = ["extend", str(tmp_path / "in" / "image0.png"), "--right", "8",
             "--checkpoint", str(tmp_path / "missing.safetensors")]
+    photo = tmp_path / "in" / "image0.png"
+    assert f"{photo}: is the input image" in _error(capsys, base + ["--output", str(photo)])
     for output, preview in (("wide.xyz", None), ("wide.png", "coarse")):
         argv = base + ["--output", str(tmp_path / output)] + (["--preview", str(tmp_path / preview)] if preview else [])
         assert f"{preview or output}: unknown image suffix" in _error(capsys, argv)
