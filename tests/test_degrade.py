@@ -73,6 +73,9 @@ def test_one_file_degrades_as_the_first_of_a_folder_and_leaves_no_temporary_file
     written = baseline_folder("inpainting", "telea", tmp_path / "one" / "inputs" / "a.png", tmp_path / "telea",
                               mask_dir=tmp_path / "one" / "masks")
     assert [path.name for path in written] == ["a.png"] and sorted(files(tmp_path / "telea")) == ["a.png"]
+    with pytest.raises(ImageError, match="inputs: is the input folder"):  # outputs onto their own inputs
+        baseline_folder("inpainting", "telea", tmp_path / "one" / "inputs", tmp_path / "one" / "inputs",
+                        mask_dir=tmp_path / "one" / "masks")
     with pytest.raises(ImageError, match="missing.png: no such file or folder"):
         degrade_folder("inpainting", clean_dir / "missing.png", tmp_path / "none")
     for _ in range(2):  # an output folder inside the input folder is not read back as clean images

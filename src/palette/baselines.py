@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imageio import load_image, pil_to_tensor, save_image, tensor_to_pil
+from .imageio import load_image, pil_to_tensor, refuse_input_as_output, save_image, tensor_to_pil
 from .masks import load_mask
 from .metrics.folders import keyed_images
 from .tasks import inpaint_fill
@@ -114,6 +114,7 @@ def baseline_folder(task: str, method: BaselineMethod, input_dir: str | Path, ou
     Writes `output_dir/<stem>.png` for every input (subfolders kept) and returns the paths written.
     """
     check_method(task, method)
+    refuse_input_as_output(input_dir, output_dir)
     if (method in INPAINTING_METHODS) != (mask_dir is not None):
         raise ValueError(f"{method} needs a mask folder (--mask)" if method in INPAINTING_METHODS
                          else f"{method} takes no mask folder")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .imageio import (IMAGE_SUFFIXES, ImageError, check_unique_stems, image_inputs, load_image, output_format,
-                      save_image)
+                      refuse_input_as_output, save_image)
 from .inference import Precision, derive_seed, extend_image, load_model, restore_image
 from .masks import EmptyMaskError, load_mask
 from .samplers import check_sampling
@@ -36,20 +36,13 @@ def extend_file(checkpoint: str | Path, input: str | Path, output: str | Path, l
     for path in (output, preview):  # a bad output name fails before the sampling, not after it
         if path is not None:
             output_format(path)
-            refuse_input_as_output(Path(input), Path(path))
+            refuse_input_as_output(input, path)
     image = load_image(input, "RGB")
     model = load_model(checkpoint, device)
     show = None if preview is None else lambda coarse: save_image(coarse, preview)
     save_image(extend_image(model, image, left, right, top, bottom, sampler=sampler, steps=steps, seed=seed,
                             precision=precision, preview=show, progress=progress), output)
     return Path(output)
-
-
-def refuse_input_as_output(input: Path, output: Path) -> None:
-    """An ImageError where writing `output` would replace the user's input (the same file, or the same folder)."""
-    if output.exists() and input.exists() and output.samefile(input):
-        what = "folder: the outputs would mix with the inputs" if input.is_dir() else "image: it would be replaced"
-        raise ImageError(f"{output}: is the input {what}. Choose another --output")
 
 
 def load_input(task: Task, image_path: Path, mask_path: Path | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -54,6 +54,14 @@ def image_inputs(path: str | Path, output: str | Path | None = None) -> list[Pat
     return [image for image in list_images(path) if outputs is None or outputs not in image.resolve().parents]
 
 
+def refuse_input_as_output(input: str | Path, output: str | Path) -> None:
+    """An ImageError where writing `output` would replace the user's input (the same file, or the same folder)."""
+    input, output = Path(input), Path(output)
+    if output.exists() and input.exists() and output.samefile(input):
+        what = "folder: the outputs would mix with the inputs" if input.is_dir() else "image: it would be replaced"
+        raise ImageError(f"{output}: is the input {what}. Choose another --output")
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """All image files under `folder`, searched recursively, in a stable order."""
     folder = Path(folder)
