@@ -80,6 +80,7 @@ def test_sampling_a_single_file_into_a_folder_or_to_a_named_file(trained, tmp_pa
                 "--output", str(output), "--sampler", "ddpm", "--steps", "2", *flags]
 
     given = tmp_path / "gray" / "image0.png"
+    Image.open(given).convert("L").save(given)  # a gray photo: nothing to warn about
     main(sample(given, tmp_path / "o"))
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["image0.png"]
     main(sample(given, tmp_path / "named" / "colour.jpg", "--num-samples", "2"))

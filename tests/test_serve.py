@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -136,9 +137,13 @@ def test_each_task_gives_what_the_cli_gives(served, task, tmp_path):
             hole = np.zeros((HEIGHT, WIDTH), np.uint8)
             hole[HOLE] = 255
             Image.fromarray(hole).save(mask)
-        written = sample_folder(checkpoint, task, photo, tmp_path / "cli", mask=mask, num_samples=2, device="cpu",
-                                progress=False, **OPTIONS)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            written = sample_folder(checkpoint, task, photo, tmp_path / "cli", mask=mask, num_samples=2,
+                                    device="cpu", progress=False, **OPTIONS)
         expected = [_pixels(path) for path in written]
+        # The CLI says what the UI's notes say: a colour photo given for colorization was made gray first.
+        assert any("converted to gray" in str(w.message) for w in warned) == (task == "colorization")
     for output, cli_output in zip(outputs, expected):
         np.testing.assert_array_equal(output, cli_output)  # one code path: the same pixels as the CLI
     assert not np.array_equal(outputs[0], outputs[1])  # two samples, two seeds

@@ -142,6 +142,8 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
             continue
         try:
             image, image_mask = load_input(task_to_run, path, mask_path)
+            if note := task_to_run.input_note(image):
+                warnings.warn(f"{path}: {note}", stacklevel=2)
         except EmptyMaskError as error:
             warnings.warn(f"{error}; the output is the input, copied", stacklevel=2)
             image, image_mask = load_image(path, "RGB"), None

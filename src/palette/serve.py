@@ -148,9 +148,7 @@ def restore_upload(model: Model, task_name: str, photo: str | Path, strokes: np.
             before = torch.where(mask > 0.5, torch.zeros_like(image), image)  # the hole as mid-gray
         else:  # what the model starts from: the gray image for colorization, the photo for JPEG
             before = task.condition_from_input(image, None, np.random.default_rng(0)).condition
-            if not torch.allclose(before, image, atol=1 / 127.5):
-                notes.append(f"The photo is in colour: {task.name} starts from its gray version (BT.601 luma), "
-                             "so it was converted to gray first.")
+            notes += [note for note in [task.input_note(image)] if note]
     restored = [restore_one(seed=sample_seed) for sample_seed in tqdm(seeds, desc="samples", disable=not progress)]
     return Restored(before, restored, notes)
 

@@ -127,6 +127,10 @@ class Task(ABC):
         """The task as a user's input file describes it (a JPEG its quality); the same task for most."""
         return self
 
+    def input_note(self, image: torch.Tensor) -> str | None:
+        """What the task sets aside of a user's image [3, H, W] before it starts, as a sentence; None for nothing."""
+        return None
+
     @abstractmethod
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
         """The file a user would have for this clean image.
@@ -211,6 +215,12 @@ class Colorization(Task):
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
         _check_image(image, (3,))
         return UserInput(encode_image(luma(image), "PNG"), ".png", None)
+
+    def input_note(self, image: torch.Tensor) -> str | None:
+        if torch.allclose(luma(image).expand_as(image), image, atol=1 / 127.5):
+            return None
+        return "The photo is in colour: colorization starts from its gray version (BT.601 luma), so it was " \
+               "converted to gray first and its colours are not used."
 
     def keep_input(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         # Only chroma is generated; the luma is given (as colorization tools keep L of Lab). The BT.601
