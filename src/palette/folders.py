@@ -5,7 +5,8 @@
     extend_file("model.safetensors", "photo.jpg", "wider.png", right=512)
 
 A rerun skips outputs that exist, so an interrupted folder resumes; under torchrun each rank restores its own
-share of the inputs.
+share of the inputs. The user's input is never written over: the input itself as the output is refused, and an
+output folder inside the input folder is not read back as inputs.
 """
 
 from __future__ import annotations
