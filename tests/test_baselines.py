@@ -13,7 +13,9 @@ from PIL import Image
 from palette.baselines import BASELINE_LABELS, BASELINES, METHODS, apply_baseline, baseline_folder
 from palette.cli import main
 from palette.degrade import degrade_folder
+from palette.evaluate import evaluate_folders
 from palette.imageio import load_image, pil_to_tensor
+from palette.report import render_report
 from palette.tasks import TASKS
 
 SIZE = 64
@@ -112,9 +114,6 @@ def test_an_unknown_method_lists_the_valid_ones(tmp_path, capsys):
 
 
 def test_evaluate_scores_the_input_and_opencv_beside_the_model(image_folder, tmp_path, capsys):
-    from palette.evaluate import evaluate_folders
-    from palette.report import render_report
-
     degrade_folder("inpainting", image_folder, tmp_path / "set", size=32, mask_kind="centre")
     inputs, targets, masks = (tmp_path / "set" / name for name in ("inputs", "targets", "masks"))
     baseline_folder("inpainting", "telea", inputs, tmp_path / "mine", mask_dir=masks)  # a "model" that is Telea
