@@ -121,6 +121,15 @@ def test_rebalancing_names_registered_tasks_and_needs_a_residual_model():
         config_from_dict({"diffusion": {"residual_rebalance": {"colorization": 1.0}}})
 
 
+def test_a_task_may_crop_at_its_own_scale():
+    data = config_from_dict({"data": {"tasks": {"jpeg": 1}, "task_crop_scale": {"jpeg": [0.1, 1]}}}).data
+    assert data.task_crop_scale == {"jpeg": (0.1, 1.0)} and data.crop_scale == (0.5, 1.0)
+    with pytest.raises(ConfigError, match="data.task_crop_scale: unknown task 'deblur'"):
+        config_from_dict({"data": {"task_crop_scale": {"deblur": [0.1, 1]}}})
+    with pytest.raises(ConfigError, match=r"data.task_crop_scale.jpeg: expected 0 < low <= high <= 1, got \[0.5, 0.2\]"):
+        config_from_dict({"data": {"task_crop_scale": {"jpeg": [0.5, 0.2]}}})
+
+
 def test_task_steps_override_the_default_steps_per_task():
     sampling = config_from_dict({"sampling": {"steps": 20, "task_steps": {"jpeg": 1}}}).sampling
     assert [sampling.for_task("steps", task) for task in ("jpeg", "colorization", None)] == [1, 20, 20]

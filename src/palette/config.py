@@ -94,6 +94,9 @@ class DataConfig:
     image_size: int = 64
     tasks: dict[str, float] = field(default_factory=lambda: {"inpainting": 1.0})
     crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the short side
+    # A task's own crop_scale: JPEG restoration runs on a photo's own pixel grid (tiling.py), so it also trains on
+    # crops at about that scale, where an 8x8 block holds smoother content than in a downscaled crop.
+    task_crop_scale: dict[str, tuple[float, float]] = field(default_factory=dict)
     flip: bool = True
     cache_images: bool = True  # keep decoded images in memory (for small pools)
     num_workers: int = 2
@@ -260,7 +263,8 @@ def _validate(config: Config) -> Config:
     from .tasks import TASKS  # the registry is the one list of task names; imported here, not at start-up
 
     sampling = config.sampling
-    per_task = {"data.tasks": config.data.tasks, "diffusion.residual_scale": config.diffusion.residual_scale,
+    per_task = {"data.tasks": config.data.tasks, "data.task_crop_scale": config.data.task_crop_scale,
+                "diffusion.residual_scale": config.diffusion.residual_scale,
                 "diffusion.residual_rebalance": config.diffusion.residual_rebalance,
                 **{f"sampling.task_{name}": getattr(sampling, f"task_{name}") for name in _SAMPLING_RANGES}}
     for key, values in per_task.items():
@@ -290,9 +294,10 @@ def _validate(config: Config) -> Config:
     size = config.data.image_size
     if size % 2 ** (len(config.network.channel_mults) - 1):
         raise ConfigError(f"data.image_size: {size} is not divisible by the U-Net's downsampling factor")
-    low, high = config.data.crop_scale
-    if not 0 < low <= high <= 1:
-        raise ConfigError(f"data.crop_scale: expected 0 < low <= high <= 1, got {config.data.crop_scale}")
+    for key, (low, high) in [("crop_scale", config.data.crop_scale),
+                             *((f"task_crop_scale.{name}", scale) for name, scale in config.data.task_crop_scale.items())]:
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"data.{key}: expected 0 < low <= high <= 1, got {[low, high]}")
     return config
 
 

@@ -107,7 +107,8 @@ def task_names(config: DataConfig) -> list[str]:
 
 
 class Examples:
-    """Clean image + rng -> one training example: a random crop, degraded by a task drawn from the mixture."""
+    """Clean image + rng -> one training example: a task drawn from the mixture, a random crop at that task's
+    scale (data.task_crop_scale, else data.crop_scale), degraded by the task."""
 
     def __init__(self, config: DataConfig):
         self.config = config
@@ -115,10 +116,12 @@ class Examples:
         weights = np.array([config.tasks[name] for name in self.task_names], dtype=np.float64)
         self.task_probabilities = weights / weights.sum()
         self.tasks = [get_task(name) for name in self.task_names]
+        self.crop_scales = [config.task_crop_scale.get(name, config.crop_scale) for name in self.task_names]
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        clean = pil_to_tensor(random_crop(image, self.config.image_size, self.config.crop_scale, self.config.flip, rng))
         task_index = int(rng.choice(len(self.tasks), p=self.task_probabilities))
+        crop = random_crop(image, self.config.image_size, self.crop_scales[task_index], self.config.flip, rng)
+        clean = pil_to_tensor(crop)
         degraded = self.tasks[task_index].degrade(clean, rng)
         return {"target": clean, "condition": degraded.condition, "mask": degraded.mask,
                 "task": torch.tensor(task_index)}
@@ -145,8 +148,8 @@ class PaletteDataset(Dataset):
             return self._cache[index]
         image = open_image(self.paths[index])
         if self.config.cache_images:
-            # The smallest crop (crop_scale[0] of the short side) still maps at least 1:1 onto image_size.
-            short = math.ceil(self.config.image_size / self.config.crop_scale[0])
+            # The smallest crop (the least crop scale of any task) still maps at least 1:1 onto image_size.
+            short = math.ceil(self.config.image_size / min(low for low, _ in self.examples.crop_scales))
             if min(image.size) > short:
                 factor = short / min(image.size)
                 image = image.resize((round(image.width * factor), round(image.height * factor)), Image.BICUBIC,
