@@ -126,7 +126,7 @@ def test_a_task_may_crop_at_its_own_scale():
     assert data.task_crop_scale == {"jpeg": (0.1, 1.0)} and data.crop_scale == (0.5, 1.0)
     with pytest.raises(ConfigError, match="data.task_crop_scale: unknown task 'deblur'"):
         config_from_dict({"data": {"task_crop_scale": {"deblur": [0.1, 1]}}})
-    with pytest.raises(ConfigError, match=r"data.task_crop_scale.jpeg: expected 0 < low <= high <= 1, got \[0.5, 0.2\]"):
+    with pytest.raises(ConfigError, match=r"task_crop_scale.jpeg: expected 0 < low <= high <= 1, got \[0.5, 0.2\]"):
         config_from_dict({"data": {"task_crop_scale": {"jpeg": [0.5, 0.2]}}})
 
 

@@ -94,8 +94,8 @@ class DataConfig:
     image_size: int = 64
     tasks: dict[str, float] = field(default_factory=lambda: {"inpainting": 1.0})
     crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the short side
-    # A task's own crop_scale: JPEG restoration runs on a photo's own pixel grid (tiling.py), so it also trains on
-    # crops at about that scale, where an 8x8 block holds smoother content than in a downscaled crop.
+    # A task's own crop_scale, e.g. JPEG's down to a photo's own pixel scale, where it runs (tiling.py); the
+    # default recipe has none (MODEL_CARD.md, "JPEG at a photo's own scale").
     task_crop_scale: dict[str, tuple[float, float]] = field(default_factory=dict)
     flip: bool = True
     cache_images: bool = True  # keep decoded images in memory (for small pools)
@@ -294,8 +294,9 @@ def _validate(config: Config) -> Config:
     size = config.data.image_size
     if size % 2 ** (len(config.network.channel_mults) - 1):
         raise ConfigError(f"data.image_size: {size} is not divisible by the U-Net's downsampling factor")
-    for key, (low, high) in [("crop_scale", config.data.crop_scale),
-                             *((f"task_crop_scale.{name}", scale) for name, scale in config.data.task_crop_scale.items())]:
+    scales = {"crop_scale": config.data.crop_scale,
+              **{f"task_crop_scale.{name}": scale for name, scale in config.data.task_crop_scale.items()}}
+    for key, (low, high) in scales.items():
         if not 0 < low <= high <= 1:
             raise ConfigError(f"data.{key}: expected 0 < low <= high <= 1, got {[low, high]}")
     return config
