@@ -16,7 +16,7 @@ import numpy as np
 
 from .data import centre_crop
 from .files import ensure_folder, write_atomic
-from .imageio import ImageError, check_unique_stems, image_inputs, open_image, pil_to_tensor
+from .imageio import ImageError, check_unique_stems, image_inputs, input_root, open_image, pil_to_tensor
 from .masks import save_mask
 from .tasks import get_task
 
@@ -55,7 +55,7 @@ def degrade_folder(
         raise ValueError(f"size must be positive, got {size}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     paths = image_inputs(input_dir, output_dir)
-    root = input_dir if input_dir.is_dir() else input_dir.parent  # names are relative to it
+    root = input_root(input_dir)
     check_unique_stems(paths, root=root)
     written = 0
     for index, path in enumerate(paths):

@@ -54,6 +54,12 @@ def image_inputs(path: str | Path, output: str | Path | None = None) -> list[Pat
     return [image for image in list_images(path) if outputs is None or outputs not in image.resolve().parents]
 
 
+def input_root(path: str | Path) -> Path:
+    """The folder that the names of `image_inputs(path)` are relative to: the folder itself, or the file's own."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def refuse_input_as_output(input: str | Path, output: str | Path) -> None:
     """An ImageError where writing `output` would replace the user's input (the same file, or the same folder)."""
     input, output = Path(input), Path(output)

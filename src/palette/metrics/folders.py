@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..imageio import ImageError, image_inputs
+from ..imageio import ImageError, image_inputs, input_root
 
 
 class FolderMismatchError(ValueError):
@@ -35,8 +35,7 @@ class ImagePair:
 def keyed_images(folder: str | Path) -> dict[str, Path]:
     """Images under `folder` (or the one image file) by relative path without suffix; two files with one key are an
     error."""
-    folder = Path(folder)
-    root = folder if folder.is_dir() else folder.parent
+    root = input_root(folder)
     keyed: dict[str, Path] = {}
     for path in image_inputs(folder):
         key = path.relative_to(root).with_suffix("").as_posix()
