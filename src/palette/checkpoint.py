@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from .files import write_atomic
 from .network import with_mask_input
 
 CONFIG_KEY = "palette_config"
+# The models bundled with the package, by the name a checkpoint argument also accepts (MODEL_CARD.md): the
+# multi-task default, and a JPEG-only model that takes more of the blocks out of a heavily compressed photo.
+BUNDLED_MODELS = {"multitask": "palette-multitask-64.safetensors", "jpeg": "palette-jpeg-64.safetensors"}
 
 
 class CheckpointError(ValueError):
@@ -157,9 +161,17 @@ def check_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
+def bundled_model_path(name: str) -> Path:
+    """The weights file of a bundled model (BUNDLED_MODELS)."""
+    return Path(str(resources.files("palette") / "assets" / BUNDLED_MODELS[name]))
+
+
 def resolve_weights(path: str | Path) -> Path:
-    """A .safetensors file, a checkpoint folder, or a run folder (its latest checkpoint) -> EMA weights file."""
+    """A .safetensors file, a checkpoint folder, a run folder (its latest checkpoint) or the name of a bundled
+    model that is not also a path here -> EMA weights file."""
     path = Path(path)
+    if not path.exists() and str(path) in BUNDLED_MODELS:
+        return bundled_model_path(str(path))
     if path.is_file():
         return path
     if (path / "ema.safetensors").is_file():
@@ -167,7 +179,8 @@ def resolve_weights(path: str | Path) -> Path:
     latest = latest_checkpoint(path)
     if latest is not None:
         return latest / "ema.safetensors"
-    raise CheckpointError(f"{path}: no checkpoint found (expected a .safetensors file, a checkpoint folder or a run folder)")
+    raise CheckpointError(f"{path}: no checkpoint found (expected a .safetensors file, a checkpoint folder, a run "
+                          f"folder or a bundled model: {', '.join(BUNDLED_MODELS)})")
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="restore degraded images with a trained model (no ground truth)")
     sample.add_argument("--checkpoint",
-                        help="a .safetensors file, checkpoint folder or run folder (default: the shipped model)")
+                        help="a .safetensors file, checkpoint or run folder, or a bundled model (multitask, jpeg)")
     sample.add_argument("--task", required=True, choices=list(TASKS))
     sample.add_argument("--input", required=True, help="a degraded image or a folder of them")
     sample.add_argument("--mask", help="mask PNG or folder of masks named like the inputs (white = generate)")

@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .checkpoint import bundled_model_path
 from .data import centre_crop
 from .imageio import list_images, open_image, pil_to_tensor, save_image
 from .inference import Model, load_model, restore, restore_image
 from .tiling import resize
 from .tasks import Task, get_task
 
-SHIPPED_MODEL = "palette-multitask-64.safetensors"
 DISPLAY_SCALE = 3  # the model works at 64 px; grids are enlarged with nearest-neighbour so pixels stay honest
 FULL_SIZE_LIMIT = 512  # the full-size photo's long side at most, so the demo stays minutes on a CPU
 
@@ -49,7 +49,7 @@ DIVERSITY_SAMPLES = 4
 
 
 def shipped_model_path() -> Path:
-    return Path(str(resources.files("palette") / "assets" / SHIPPED_MODEL))
+    return bundled_model_path("multitask")
 
 
 def example_images() -> list[Path]:
