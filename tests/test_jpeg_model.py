@@ -15,7 +15,7 @@ from palette.imageio import load_image
 from palette.inference import Model, load_model, restore_image
 from palette.metrics import psnr
 from palette.network import PaletteNet
-from palette.tasks import get_task, luma
+from palette.tasks import Task, get_task, luma
 
 QUALITY = 10
 
@@ -26,7 +26,7 @@ def model() -> Model:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> list[tuple[torch.Tensor, object, torch.Tensor]]:
+def files(tmp_path_factory) -> list[tuple[torch.Tensor, Task, torch.Tensor]]:
     """(truth, task read from the file, decoded file) for each bundled photo saved at QUALITY."""
     folder = tmp_path_factory.mktemp("jpeg")
     out = []
