@@ -218,11 +218,10 @@ def test_a_ddp_run_with_a_killed_rank_resumes_to_the_uninterrupted_weights(image
     assert launch(train_command(reference, config, ddp()), tmp_path / "reference.log").wait(timeout=300) == 0
     run, rng, kills = tmp_path / "run", np.random.default_rng(2), []
     for victim in (1, 0):  # a rank that only trains, then the one that writes checkpoints
+        since = time.time()
         launcher = launch(train_command(run, config, ddp()), tmp_path / "run.log")
         target = check_checkpoints(run) + int(rng.integers(2, 4))
-        deadline = time.monotonic() + 300
-        while (logged_steps(run) or [0])[-1] < target and launcher.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_step(run, target, launcher, since)  # not the steps the last killed job logged past its checkpoint
         time.sleep(rng.uniform(0, 0.1))
         workers = torchrun_workers(launcher)
         assert sorted(workers) == [0, 1], (tmp_path / "run.log").read_text()[-2000:]
