@@ -143,10 +143,14 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
         sections.append((case.title, f"{name}.png", "input | output | original"))
         if full_size:
             shown, restored, mask = _full_size_case(model, case, photo, steps, seed + case_index)
-            _full_size_figure([shown, restored, photo], mask, output / f"{name}_full.png")
+            images, caption = [shown, restored], "input | output"
+            if case.task.name == "jpeg" and checkpoint is None:  # what the bundled JPEG model does for a photo
+                images.append(_full_size_case(load_model("jpeg", device), case, photo, steps, seed + case_index)[1])
+                caption += " | the JPEG model (--checkpoint jpeg)"
+            _full_size_figure([*images, photo], mask, output / f"{name}_full.png")
             height, width = photo.shape[1:]
             sections.append((f"{case.title}, at {width}×{height}", f"{name}_full.png",
-                             f"input | output | original at their size; below, a {DISPLAY_SCALE}× zoom"))
+                             f"{caption} | original at their size; below, a {DISPLAY_SCALE}× zoom"))
 
     # The denoising process for one image, and several samples for one input (Palette Fig. 5-style).
     case = DEMO_CASES[2]
