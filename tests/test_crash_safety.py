@@ -104,9 +104,11 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 
 def wait_for_step(run: Path, step: int, process: subprocess.Popen, since: float) -> None:
-    """Wait until this process has logged `step` (lines a killed process logged past its checkpoint do not count)."""
+    """Wait until this process has logged `step` (lines a killed process logged past its checkpoint do not count);
+    return early if it ends, or after 300 s, so a hung job fails the test's next assertion instead of hanging it."""
     log = run / "log.jsonl"
-    while process.poll() is None:
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
         if log.is_file() and log.stat().st_mtime > since and (logged_steps(run) or [0])[-1] >= step:
             return
         time.sleep(0.01)
