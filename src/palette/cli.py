@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     for side in ("left", "right", "top", "bottom"):
         extend.add_argument(f"--{side}", type=int, default=0, metavar="PIXELS")
     extend.add_argument("--output", required=True, help="the grown image (PNG)")
-    extend.add_argument("--checkpoint", help="default: the shipped model")
+    extend.add_argument("--checkpoint", help="a file, folder or bundled model name (default: multitask)")
     extend.add_argument("--sampler", choices=SAMPLERS, help="default: the model's configured sampler")
     extend.add_argument("--steps", type=int, help="sampling steps, 1 to 1000 (default: the model's configured steps)")
     extend.add_argument("--seed", type=int, default=0)
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="all four tasks on example images (or --input) -> demo/index.html")
     demo.add_argument("--input", help="your own image instead of the bundled examples")
     demo.add_argument("--output", default="demo")
-    demo.add_argument("--checkpoint", help="default: the shipped model")
+    demo.add_argument("--checkpoint", help="a file, folder or bundled model name (default: multitask)")
     demo.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--no-full-size", action="store_true", help="only the model-size grids (faster)")
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
 
     serve = commands.add_parser("serve", help="the browser UI (gradio) on this machine; needs pip install -e '.[ui]'")
-    serve.add_argument("--checkpoint", help="default: the shipped model")
+    serve.add_argument("--checkpoint", help="a file, folder or bundled model name (default: multitask)")
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, help="default: 7860")
     serve.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
