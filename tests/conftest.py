@@ -53,15 +53,19 @@ def tiny_config(image_folder: Path):
     return config_from_dict(tiny_values(image_folder))
 
 
-def save_tiny_model(folder: Path) -> Path:
-    """A tiny random PaletteNet (16 px, `tiny_values`) saved as a checkpoint; sampling it takes milliseconds."""
+def save_tiny_model(folder: Path, tasks: dict[str, float] | None = None, seed: int = 0,
+                    name: str = "model.safetensors") -> Path:
+    """A tiny random PaletteNet (16 px, `tiny_values`, trained on `tasks` by its config) saved as a checkpoint;
+    sampling it takes milliseconds."""
     from palette.checkpoint import save_weights
     from palette.network import PaletteNet
 
-    config = config_from_dict(tiny_values(folder))
-    torch.manual_seed(0)
+    values = tiny_values(folder)
+    values["data"]["tasks"] = tasks or values["data"]["tasks"]
+    config = config_from_dict(values)
+    torch.manual_seed(seed)
     net = PaletteNet.from_config(config)
     for parameter in net.parameters():  # a random net, not the zero-initialised one
         torch.nn.init.normal_(parameter, std=0.05)
-    save_weights(folder / "model.safetensors", net.state_dict(), config)
-    return folder / "model.safetensors"
+    save_weights(folder / name, net.state_dict(), config)
+    return folder / name

@@ -31,8 +31,10 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def inpaint_in_browser(url: str, photo: Path, screenshot: Path, timeout_s: float = 90) -> tuple[np.ndarray, list[str]]:
-    """Drive the page like a user; return the first sample's pixels and every URL the page requested."""
+def inpaint_in_browser(url: str, photo: Path, screenshot: Path,
+                       timeout_s: float = 90) -> tuple[np.ndarray, list[str], tuple[bool, str]]:
+    """Drive the page like a user; return the first sample's pixels, every URL the page requested, and then, with
+    JPEG chosen, whether a model choice was shown for inpainting and which model is picked for JPEG."""
     from playwright.sync_api import sync_playwright
 
     requests: list[str] = []
@@ -72,9 +74,13 @@ def inpaint_in_browser(url: str, photo: Path, screenshot: Path, timeout_s: float
             page.screenshot(path=str(screenshot), full_page=True)
             response = page.request.get(link.get_attribute("href"))
             result = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+            model_shown = page.locator("#model").is_visible()
+            page.locator("#task").get_by_label("jpeg", exact=True).check()
+            page.locator("#model").wait_for(state="visible", timeout=30_000)
+            jpeg_model = page.locator("#model input:checked").get_attribute("value")
         finally:
             browser.close()
-    return result, requests
+    return result, requests, (model_shown, jpeg_model)
 
 
 def rate_in_browser(url: str, seconds: float, screenshot: Path) -> tuple[bool, bool]:
@@ -109,14 +115,14 @@ needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="Chromium is
 def test_inpainting_in_a_real_browser(tmp_path):
     pytest.importorskip("gradio")
     pytest.importorskip("playwright")
-    from conftest import save_tiny_model
-    from test_serve import free_port, start_server, write_photo
+    from test_serve import free_port, save_tiny_models, start_server, write_photo
 
     photo = write_photo(tmp_path / "photo.png", 120, 80)
     port = free_port()
-    app = start_server(save_tiny_model(tmp_path), port)
+    app = start_server(save_tiny_models(tmp_path), port)
     try:
-        result, requests = inpaint_in_browser(f"http://127.0.0.1:{port}/", photo, tmp_path / "ui.png")
+        result, requests, (model_shown, jpeg_model) = inpaint_in_browser(f"http://127.0.0.1:{port}/", photo,
+                                                                          tmp_path / "ui.png")
     finally:
         app.close()
     original = np.asarray(Image.open(photo).convert("RGB"))
@@ -125,6 +131,7 @@ def test_inpainting_in_a_real_browser(tmp_path):
     assert changed[40, 55:66].all()  # under the stroke, through the middle
     assert not changed[:10].any() and not changed[-10:].any()  # far from it, the photo's own pixels
     assert 0.01 < changed.mean() < 0.5
+    assert not model_shown and jpeg_model == "tiny-jpeg"  # one model for inpainting; for JPEG, the JPEG-only one
     assert (tmp_path / "ui.png").stat().st_size > 10_000
     hosts = {urlparse(request).hostname for request in requests if not request.startswith(("data:", "blob:"))}
     assert hosts == {"127.0.0.1"}, hosts
@@ -158,14 +165,14 @@ if __name__ == "__main__":  # the README screenshots: the shipped model on the b
     from palette.degrade import degrade_folder
     from palette.demo import example_images, shipped_model_path
     from palette.folders import sample_folder
-    from palette.inference import load_model
+    from palette.inference import load_models
     from palette.serve import build_app, launch
     from palette.study import serve_study
 
     from test_serve import free_port
 
     port = free_port()
-    app = launch(build_app(load_model(shipped_model_path(), "cpu")), port=port, block=False)
+    app = launch(build_app(load_models(None, "cpu")), port=port, block=False)
     try:
         inpaint_in_browser(f"http://127.0.0.1:{port}/", example_images()[0], Path(sys.argv[1]), timeout_s=600)
     finally:

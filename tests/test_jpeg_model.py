@@ -12,7 +12,7 @@ from PIL import Image
 from palette.checkpoint import CheckpointError, bundled_model_path, resolve_weights
 from palette.demo import example_images, run_demo
 from palette.imageio import load_image, pil_to_tensor
-from palette.inference import Model, load_model, restore_image
+from palette.inference import Model, load_model, load_models, restore_image, trained_tasks
 from palette.metrics import psnr
 from palette.network import PaletteNet
 from palette.tasks import Task, get_task, luma
@@ -88,6 +88,18 @@ def test_a_path_here_wins_over_a_bundled_name(tmp_path, monkeypatch):
     (tmp_path / "jpeg").mkdir()
     with pytest.raises(CheckpointError, match="^jpeg: no checkpoint found .* bundled model: multitask, jpeg"):
         resolve_weights("jpeg")
+
+
+def test_the_shipped_model_brings_the_jpeg_model_and_no_other_does(tmp_path):
+    from conftest import save_tiny_model
+
+    for checkpoint in (None, "multitask", bundled_model_path("multitask")):
+        models = load_models(checkpoint, "cpu")
+        assert list(models) == ["multitask", "jpeg"] and trained_tasks(models["jpeg"]) == ["jpeg"]
+        assert len(trained_tasks(models["multitask"])) == 4
+    assert list(load_models("jpeg", "cpu")) == ["jpeg"]
+    tiny = save_tiny_model(tmp_path)
+    assert list(load_models(tiny, "cpu")) == [str(tiny)]  # a user's model by the path given
 
 
 def test_the_demo_shows_it_beside_the_default_on_the_whole_photo(tmp_path):

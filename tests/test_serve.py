@@ -1,5 +1,6 @@
-"""palette serve through its API (gradio_client) with a tiny random model: every task gives what `palette sample`
-and `palette extend` give for the same file and seed; caps, the bound address, and no request off the machine."""
+"""palette serve through its API (gradio_client) with tiny random models: every task gives what `palette sample`
+and `palette extend` give for the same file, model and seed; a model trained on JPEG alone is offered first for JPEG
+and refused elsewhere; caps, the bound address, and no request off the machine."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from palette.imageio import load_image
-from palette.serve import MAX_UPLOAD_BYTES, is_loopback, mask_from_strokes, read_upload
+from palette.serve import MAX_UPLOAD_BYTES, is_loopback, mask_from_strokes, model_choices, read_upload
 from palette.tasks import TASKS, luma
 
 from conftest import save_tiny_model
@@ -54,11 +55,18 @@ def write_photo(path: Path, width: int = WIDTH, height: int = HEIGHT) -> Path:
     return path
 
 
-def start_server(checkpoint: Path, port: int):
+def save_tiny_models(folder: Path) -> dict[str, Path]:
+    """Two tiny random models by name: "tiny", trained on every task by its config, and "tiny-jpeg", on JPEG only."""
+    return {"tiny": save_tiny_model(folder),
+            "tiny-jpeg": save_tiny_model(folder, tasks={"jpeg": 1.0}, seed=1, name="jpeg.safetensors")}
+
+
+def start_server(checkpoints: dict[str, Path], port: int):
     from palette.inference import load_model
     from palette.serve import build_app, launch
 
-    return launch(build_app(load_model(checkpoint, "cpu")), port=port, block=False)
+    models = {name: load_model(checkpoint, "cpu") for name, checkpoint in checkpoints.items()}
+    return launch(build_app(models), port=port, block=False)
 
 
 def free_port() -> int:
@@ -69,30 +77,32 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(client, checkpoint, folder, port, app, contacts) of a server on 127.0.0.1 with a tiny model."""
+    """(client, checkpoints, folder, port, app, contacts) of a server on 127.0.0.1 with two tiny models: "tiny",
+    the default, and "tiny-jpeg" (save_tiny_models)."""
     global _contacts
     from gradio_client import Client
     from huggingface_hub import constants
 
     folder = tmp_path_factory.mktemp("serve")
-    checkpoint = save_tiny_model(folder)
+    checkpoints = save_tiny_models(folder)
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(constants, "HF_HUB_OFFLINE", True)  # the test's own client looks nothing up on the Hub
         patch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
         _contacts = contacts = []
-        app = start_server(checkpoint, port)
+        app = start_server(checkpoints, port)
         try:
-            yield Client(f"http://127.0.0.1:{port}/", verbose=False), checkpoint, folder, port, app, contacts
+            yield Client(f"http://127.0.0.1:{port}/", verbose=False), checkpoints, folder, port, app, contacts
         finally:
             app.close()
             _contacts = None
 
 
-def _restore(client, photo: Path, task: str, drawing=None, samples: int = 2, steps: int | None = OPTIONS["steps"]):
+def _restore(client, photo: Path, task: str, drawing=None, samples: int = 2, steps: int | None = OPTIONS["steps"],
+             model: str = "tiny"):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(photo)), task, drawing, *SIDES.values(), OPTIONS["sampler"],
+    return client.predict(handle_file(str(photo)), task, model, drawing, *SIDES.values(), OPTIONS["sampler"],
                           steps, OPTIONS["seed"], samples, api_name="/restore")
 
 
@@ -114,7 +124,8 @@ def test_each_task_gives_what_the_cli_gives(served, task, tmp_path):
 
     from palette.folders import extend_file, sample_folder
 
-    client, checkpoint, folder, *_ = served
+    client, checkpoints, folder, *_ = served
+    checkpoint = checkpoints["tiny"]
     photo = write_photo(tmp_path / "photo.png")
     drawing = None
     if task == "inpainting":
@@ -174,7 +185,8 @@ def test_each_task_gives_what_the_cli_gives(served, task, tmp_path):
 def test_a_light_jpeg_keeps_the_share_of_the_change_its_quality_sets_as_in_the_cli(served, tmp_path):
     from palette.folders import sample_folder
 
-    client, checkpoint, *_ = served
+    client, checkpoints, *_ = served
+    checkpoint = checkpoints["tiny"]
     Image.open(write_photo(tmp_path / "source.png")).save(tmp_path / "light.jpg", quality=90)
     Image.open(tmp_path / "light.jpg").save(tmp_path / "decoded.png")  # the same pixels, no quantisation tables
     _, _, files, _ = _restore(client, tmp_path / "light.jpg", "jpeg", samples=1)
@@ -227,7 +239,8 @@ def test_a_file_over_50_MB_is_refused(served, tmp_path, monkeypatch):
 def test_empty_steps_sample_with_the_models_steps_for_the_task(served, tmp_path):
     from palette.folders import sample_folder
 
-    client, checkpoint, *_ = served
+    client, checkpoints, *_ = served
+    checkpoint = checkpoints["tiny"]
     photo = write_photo(tmp_path / "photo.png")
     (_, after), *_ = _restore(client, photo, "jpeg", samples=1, steps=None)
     options = dict(OPTIONS, steps=None)
@@ -238,12 +251,42 @@ def test_empty_steps_sample_with_the_models_steps_for_the_task(served, tmp_path)
     assert not np.array_equal(_pixels(after), _pixels(stepped[0]))  # so the default was not one step
 
 
+def test_each_task_offers_the_models_trained_on_it_fewest_tasks_first(served):
+    from palette.inference import load_model
+
+    _, checkpoints, *_ = served
+    models = {name: load_model(path, "cpu") for name, path in checkpoints.items()}
+    assert model_choices(models, "jpeg") == ["tiny-jpeg", "tiny"]  # the JPEG-only model first: the UI's default
+    assert [model_choices(models, task) for task in TASKS if task != "jpeg"] == [["tiny"]] * 3
+    assert model_choices({"tiny-jpeg": models["tiny-jpeg"]}, "inpainting") == ["tiny-jpeg"]  # none trained on it
+
+
+def test_a_jpeg_restored_by_the_jpeg_model_is_what_the_cli_gives_with_it(served, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    from palette.folders import sample_folder
+
+    client, checkpoints, *_ = served
+    photo = write_photo(tmp_path / "photo.png")
+    (_, after), _, _, notes = _restore(client, photo, "jpeg", samples=1, model="tiny-jpeg")
+    cli = sample_folder(checkpoints["tiny-jpeg"], "jpeg", photo, tmp_path / "cli", device="cpu", progress=False,
+                        **OPTIONS)
+    np.testing.assert_array_equal(_pixels(after), _pixels(cli[0]))
+    (_, default), *_ = _restore(client, photo, "jpeg", samples=1)
+    assert np.abs(_pixels(default).astype(int) - _pixels(after)).mean() > 1  # the other model's pixels
+    assert "the tiny-jpeg model (`--checkpoint tiny-jpeg`)" in notes
+    with pytest.raises(AppError, match="'tiny-jpeg' is not offered for colorization: choose one of tiny$"):
+        _restore(client, photo, "colorization", samples=1, model="tiny-jpeg")
+
+
 def test_the_defaults_are_the_models_sampling_config(served):
     *_, app, _ = served
     values = {block.label: getattr(block, "value", None) for block in app.blocks.values() if hasattr(block, "label")}
     assert values["Sampler"] == "ddim"  # tiny_values' sampling, not gradio's default
     assert values["Steps"] is None  # empty: each task samples with the model's own steps for it
     assert values["Task"] == next(iter(TASKS))
+    model = next(block for block in app.blocks.values() if getattr(block, "label", None) == "Model")
+    assert model.value == "tiny" and not model.visible  # colorization: one model trained on it, no choice shown
 
 
 def test_mask_from_strokes_scales_the_editor_view_to_the_photo():

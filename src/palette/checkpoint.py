@@ -166,6 +166,12 @@ def bundled_model_path(name: str) -> Path:
     return Path(str(resources.files("palette") / "assets" / BUNDLED_MODELS[name]))
 
 
+def bundled_name(weights: str | Path) -> str | None:
+    """Which bundled model a weights file is (a name of BUNDLED_MODELS), None for any other file."""
+    return next((name for name in BUNDLED_MODELS if bundled_model_path(name).resolve() == Path(weights).resolve()),
+                None)
+
+
 def resolve_weights(path: str | Path) -> Path:
     """A .safetensors file, a checkpoint folder, a run folder (its latest checkpoint) or the name of a bundled
     model that is not also a path here -> EMA weights file."""

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import bundled_model_path, resolve_weights
+from .checkpoint import bundled_model_path
 from .data import centre_crop
 from .imageio import list_images, open_image, pil_to_tensor, save_image
-from .inference import Model, load_model, restore, restore_image
+from .inference import Model, load_models, restore, restore_image
 from .tiling import resize
 from .tasks import Task, get_task
 
@@ -128,9 +128,8 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
     start = time.perf_counter()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    weights = resolve_weights(checkpoint or shipped_model_path())
-    model: Model = load_model(weights, device)
-    shipped = weights.resolve() == shipped_model_path().resolve()  # its page shows the JPEG model beside it
+    models = load_models(checkpoint, device)  # with the shipped model, the JPEG model: its page shows it beside
+    model: Model = next(iter(models.values()))
     size = model.image_size
     paths = [Path(input)] if input else example_images()
     cleans = [pil_to_tensor(centre_crop(open_image(p), size)) for p in paths]
@@ -146,8 +145,8 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
         if full_size:
             shown, restored, mask = _full_size_case(model, case, photo, steps, seed + case_index)
             images, caption = [shown, restored], "input | output"
-            if case.task.name == "jpeg" and shipped:  # what the bundled JPEG model does for a photo
-                images.append(_full_size_case(load_model("jpeg", device), case, photo, steps, seed + case_index)[1])
+            if case.task.name == "jpeg" and len(models) > 1:  # what the bundled JPEG model does for a photo
+                images.append(_full_size_case(models["jpeg"], case, photo, steps, seed + case_index)[1])
                 caption += " | the JPEG model (--checkpoint jpeg)"
             _full_size_figure([*images, photo], mask, output / f"{name}_full.png")
             height, width = photo.shape[1:]

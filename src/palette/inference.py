@@ -1,6 +1,7 @@
 """Restoring images with a trained model: load a checkpoint, build the denoiser, sample batches and photos.
 
     model = load_model("runs/demo")                    # a run folder, checkpoint folder or .safetensors file
+    models = load_models(None)                         # the shipped model and the bundled JPEG model, by name
     outputs = restore(model, condition, mask, sampler="dpmpp", steps=20, seed=0)   # a batch at the model's grid
     photo = restore_image(model, get_task("jpeg"), image)                        # one image at its own size
     wider = extend_image(model, image, right=512)                                 # grow an image
@@ -17,7 +18,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .checkpoint import check_device, load_state, load_weights, resolve_weights
+from .checkpoint import (bundled_model_path, bundled_name, check_device, load_state, load_weights,
+                         resolve_weights)
 from .config import Config
 from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
 from .filters import smooth_chroma, smooth_deep_hole_colour
@@ -50,6 +52,23 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
     load_state(net, state, path)
     device = check_device(device)
     return Model(net.to(device).eval().requires_grad_(False), config, device, load_guide(config, path.parent, device))
+
+
+def load_models(checkpoint: str | Path | None, device: str | torch.device | None = None) -> dict[str, Model]:
+    """The model at `checkpoint` (None: the shipped multi-task model) by its name, the default first. With the
+    shipped model comes the bundled JPEG model: on a heavy JPEG of a whole photo it takes out the blocks the
+    multi-task model leaves (MODEL_CARD.md), so `palette demo` and `palette serve` offer it beside it."""
+    weights = resolve_weights(checkpoint or bundled_model_path("multitask"))
+    name = bundled_name(weights) or str(checkpoint)
+    models = {name: load_model(weights, device)}
+    if name == "multitask":
+        models["jpeg"] = load_model(bundled_model_path("jpeg"), device)
+    return models
+
+
+def trained_tasks(model: Model) -> list[str]:
+    """The tasks a model was trained on (its config's data.tasks)."""
+    return [name for name, weight in model.config.data.tasks.items() if weight > 0]
 
 
 Precision = Literal["fp32", "bf16"]

@@ -1,8 +1,11 @@
 """`palette serve`: a browser UI (gradio) over the full-size functions `palette sample` and `palette extend` use.
 
-    palette serve                                      # the shipped model at http://127.0.0.1:7860
+    palette serve                                      # the shipped model (and the JPEG model) at http://127.0.0.1:7860
     palette serve --checkpoint runs/demo --port 8000
-    launch(build_app(load_model("model.safetensors")))  # the same from Python
+    launch(build_app(load_models("model.safetensors")))  # the same from Python
+
+Where several models are served (the shipped one brings the bundled JPEG model), each task offers those trained on
+it, the one trained on fewest tasks first: a JPEG goes to the JPEG model unless the user picks the multi-task one.
 
 Sample k of an upload `photo.jpg` with seed S is what `palette sample --seed S --num-samples K` writes as
 `photo_k.png` (for uncropping, what `palette extend --seed S+k` writes): one code path, restore_image and extend_image.
@@ -26,7 +29,7 @@ import torch
 
 from .config import MAX_STEPS, SamplingConfig
 from .imageio import load_image, save_image
-from .inference import Model, derive_seed, extend_image, restore_image
+from .inference import Model, derive_seed, extend_image, restore_image, trained_tasks
 from .samplers import SAMPLERS
 from .tasks import TASKS, get_task
 
@@ -154,12 +157,20 @@ def restore_upload(model: Model, task_name: str, photo: str | Path, strokes: np.
     return Restored(before, restored, notes)
 
 
-def build_app(model: Model, output_dir: str | Path | None = None) -> Any:
-    """The gradio Blocks app over `model`; results are written as PNG files under `output_dir` (a temp folder)."""
+def model_choices(models: dict[str, Model], task_name: str) -> list[str]:
+    """The models to offer for a task: those trained on it, fewest tasks first (every model where none was)."""
+    trained = [name for name, model in models.items() if task_name in trained_tasks(model)]
+    return sorted(trained, key=lambda name: len(trained_tasks(models[name]))) or list(models)
+
+
+def build_app(models: dict[str, Model], output_dir: str | Path | None = None) -> Any:
+    """The gradio Blocks app over `models` (load_models; the first is the default); results are written as PNG
+    files under `output_dir` (a temp folder)."""
     gr = import_gradio()
     output_root = Path(output_dir or tempfile.mkdtemp(prefix="palette-serve-"))
-    sampling = model.config.sampling
-    first_region = REGION_INPUT.get(next(iter(TASKS)))
+    sampling = next(iter(models.values())).config.sampling
+    first_task = next(iter(TASKS))
+    first_region = REGION_INPUT.get(first_task)
 
     def editor_view(photo: str | None) -> Any:
         """The photo as the editor's background, at most EDITOR_SIDE px long, to paint the hole on."""
@@ -178,22 +189,29 @@ def build_app(model: Model, output_dir: str | Path | None = None) -> Any:
         save_image(image, path)
         return {"background": str(path), "layers": [], "composite": str(path)}
 
+    def model_picker(task_name: str) -> Any:
+        choices = model_choices(models, task_name)
+        return gr.update(choices=choices, value=choices[0], visible=len(choices) > 1)
+
     def show_task(task_name: str, photo: str | None) -> tuple[Any, ...]:
         region = REGION_INPUT.get(task_name)
         # A hidden editor may miss its background: give it again when it appears.
         drawing = gr.update(value=editor_view(photo), visible=True) if region == DRAWN_MASK else \
             gr.update(visible=False)
-        return drawing, gr.update(visible=region == SIDES), HINTS[region]
+        return drawing, gr.update(visible=region == SIDES), HINTS[region], model_picker(task_name)
 
-    def run(photo: str | None, task_name: str, drawing: dict | None, left: float, right: float, top: float,
-            bottom: float, sampler: str, steps: float, seed: float, samples: float,
+    def run(photo: str | None, task_name: str, model_name: str, drawing: dict | None, left: float, right: float,
+            top: float, bottom: float, sampler: str, steps: float, seed: float, samples: float,
             progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
         if not photo:
             raise gr.Error("Upload or paste a photo first.")
+        if model_name not in model_choices(models, task_name):
+            raise gr.Error(f"the model {model_name!r} is not offered for {task_name}: choose one of "
+                           f"{', '.join(model_choices(models, task_name))}")
         layers = [layer for layer in (drawing or {}).get("layers") or [] if layer is not None]
         strokes = np.max([np.asarray(layer)[..., -1] for layer in layers], axis=0) if layers else None
         try:
-            result = restore_upload(model, task_name, photo, strokes,
+            result = restore_upload(models[model_name], task_name, photo, strokes,
                                     sides=dict(zip(SIDE_NAMES, (left, right, top, bottom))), sampler=sampler,
                                     steps=_whole(steps, "steps"), seed=_whole(seed, "seed") or 0,
                                     samples=_whole(samples, "samples"))
@@ -207,7 +225,9 @@ def build_app(model: Model, output_dir: str | Path | None = None) -> Any:
             paths.append(folder / f"{Path(photo).stem}_{task_name}_{k}.png")
             save_image(sample, paths[-1])
         height, width = result.samples[0].shape[1:]
-        notes = [f"{len(paths)} sample(s) at {width}×{height}, seed {_whole(seed, 'seed') or 0}.", *result.notes]
+        notes = [f"{len(paths)} sample(s) at {width}×{height}, seed {_whole(seed, 'seed') or 0}"
+                 + (f", the {model_name} model (`--checkpoint {model_name}`)." if len(models) > 1 else "."),
+                 *result.notes]
         files = [str(path) for path in paths]
         return (str(before), files[0]), files, files, "\n\n".join(notes)
 
@@ -217,7 +237,10 @@ def build_app(model: Model, output_dir: str | Path | None = None) -> Any:
             with gr.Column():
                 photo = gr.Image(label="Photo (upload or paste; any size)", type="filepath", image_mode=None,
                                  sources=["upload", "clipboard"], buttons=["fullscreen"], elem_id="photo")
-                task = gr.Radio(list(TASKS), value=next(iter(TASKS)), label="Task", elem_id="task")
+                task = gr.Radio(list(TASKS), value=first_task, label="Task", elem_id="task")
+                first_choices = model_choices(models, first_task)
+                model_name = gr.Radio(list(models), value=first_choices[0], label="Model", elem_id="model",
+                                      info=_model_info(models), visible=len(first_choices) > 1)
                 hint = gr.Markdown(HINTS[first_region])
                 drawing = gr.ImageEditor(label="Paint the hole", type="numpy", image_mode="RGBA", sources=[],
                                          transforms=[], layers=False, format="png", buttons=["fullscreen"],
@@ -244,11 +267,15 @@ def build_app(model: Model, output_dir: str | Path | None = None) -> Any:
                 files = gr.File(label="Download (PNG, full resolution)", file_count="multiple", elem_id="files")
         # Quick UI updates, not jobs: they need not wait for a sampling run to end.
         photo.change(editor_view, photo, drawing, api_visibility="private", concurrency_limit=None)
-        task.change(show_task, [task, photo], [drawing, side_row, hint], api_visibility="private",
+        task.change(show_task, [task, photo], [drawing, side_row, hint, model_name], api_visibility="private",
                     concurrency_limit=None)
-        button.click(run, [photo, task, drawing, *side_inputs, sampler, steps, seed, samples],
+        button.click(run, [photo, task, model_name, drawing, *side_inputs, sampler, steps, seed, samples],
                      [comparison, gallery, files, notes], api_name="restore")
     return app
+
+
+def _model_info(models: dict[str, Model]) -> str:
+    return "; ".join(f"{name}: trained on {', '.join(trained_tasks(model))}" for name, model in models.items())
 
 
 def _steps_by_task(sampling: SamplingConfig) -> str:
@@ -269,9 +296,8 @@ def _new_folder(root: Path) -> Path:
 
 def serve(checkpoint: str | Path | None = None, host: str | None = None, port: int | None = None,
           device: str | None = None, block: bool = True) -> Any:
-    """`palette serve`: load the model (default: the shipped one) and serve the app until interrupted."""
-    from .demo import shipped_model_path
-    from .inference import load_model
+    """`palette serve`: load the model (default: the shipped one, with the JPEG model) and serve the app until
+    interrupted."""
+    from .inference import load_models
 
-    model = load_model(checkpoint or shipped_model_path(), device)
-    return launch(build_app(model), host, port, block)
+    return launch(build_app(load_models(checkpoint, device)), host, port, block)
