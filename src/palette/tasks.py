@@ -30,6 +30,7 @@ FullSize = Tiled | LowResolution | FillWindows
 
 # ITU-R BT.601 luma weights for R, G, B.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+GRAY_TOLERANCE = 2 / 255  # one 8-bit level in [-1, 1]: channels this close everywhere make a gray image
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,12 @@ def _full_mask(image: torch.Tensor) -> torch.Tensor:
     return torch.ones(1, *image.shape[1:], dtype=torch.float32)
 
 
+def is_gray(images: torch.Tensor) -> torch.Tensor:
+    """Whether each image [..., 3, H, W] is gray (its channels within GRAY_TOLERANCE everywhere), [..., 1, 1, 1]."""
+    spread = images.amax(dim=-3, keepdim=True) - images.amin(dim=-3, keepdim=True)
+    return spread.amax(dim=(-2, -1), keepdim=True) <= GRAY_TOLERANCE
+
+
 def luma(image: torch.Tensor) -> torch.Tensor:
     """BT.601 luma [..., 1, H, W] of RGB images [..., 3, H, W] (gray [..., 1, H, W] images are returned as is)."""
     if image.ndim < 3 or image.shape[-3] not in (1, 3):
@@ -217,7 +224,7 @@ class Colorization(Task):
         return UserInput(encode_image(luma(image), "PNG"), ".png", None)
 
     def input_note(self, image: torch.Tensor) -> str | None:
-        if torch.allclose(luma(image).expand_as(image), image, atol=1 / 127.5):
+        if is_gray(image):
             return None
         return "The photo is in colour: colorization starts from its gray version (BT.601 luma), so it was " \
                "converted to gray first and its colours are not used."
@@ -382,7 +389,9 @@ class JpegRestoration(Task):
     def keep_input(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         # JPEG quantises the lowest frequencies finely (ITU T.81 Annex K tables), so the input's blurred
         # content is close to the truth: keep it, and take from the model only what lies above it.
-        return image - low_pass(image) + low_pass(given)
+        kept = image - low_pass(image) + low_pass(given)
+        # A gray photo has no colour to restore: it comes back gray, not tinted by the model's colour.
+        return torch.where(is_gray(given), luma(kept).expand_as(kept), kept)
 
     def temper(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         # Trained on heavy compression, the model over-corrects a lighter JPEG: keep a share that its Q sets.
