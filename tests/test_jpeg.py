@@ -72,3 +72,14 @@ def test_palette_sample_reads_each_files_quality(tmp_path, monkeypatch):
     monkeypatch.setattr(folders, "restore_image", spy)
     written = sample_folder(save_tiny_model(tmp_path), "jpeg", folder, tmp_path / "out", progress=False)
     assert seen == {10, 90} and len(written) == 2
+
+
+def test_a_file_that_is_not_a_jpeg_is_restored_in_full_with_a_note(tmp_path):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    _photo(0).resize((16, 16)).save(folder / "heavy.jpg", quality=10)
+    _photo(1).resize((16, 16)).save(folder / "saved.png")
+    with pytest.warns(UserWarning) as warned:
+        sample_folder(save_tiny_model(tmp_path), "jpeg", folder, tmp_path / "out", progress=False)
+    notes = [str(warning.message) for warning in warned if "not a JPEG" in str(warning.message)]
+    assert len(notes) == 1 and notes[0].startswith(f"{folder / 'saved.png'}: The file is not a JPEG")

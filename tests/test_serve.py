@@ -189,7 +189,8 @@ def test_a_light_jpeg_keeps_the_share_of_the_change_its_quality_sets_as_in_the_c
     checkpoint = checkpoints["tiny"]
     Image.open(write_photo(tmp_path / "source.png")).save(tmp_path / "light.jpg", quality=90)
     Image.open(tmp_path / "light.jpg").save(tmp_path / "decoded.png")  # the same pixels, no quantisation tables
-    _, _, files, _ = _restore(client, tmp_path / "light.jpg", "jpeg", samples=1)
+    _, _, files, notes = _restore(client, tmp_path / "light.jpg", "jpeg", samples=1)
+    assert "not a JPEG" not in notes
     cli = sample_folder(checkpoint, "jpeg", tmp_path / "light.jpg", tmp_path / "cli", device="cpu", progress=False,
                         **OPTIONS)
     np.testing.assert_array_equal(_pixels(files[0]), _pixels(cli[0]))  # the upload's own file: its quality
@@ -275,6 +276,7 @@ def test_a_jpeg_restored_by_the_jpeg_model_is_what_the_cli_gives_with_it(served,
     (_, default), *_ = _restore(client, photo, "jpeg", samples=1)
     assert np.abs(_pixels(default).astype(int) - _pixels(after)).mean() > 1  # the other model's pixels
     assert "the tiny-jpeg model (`--checkpoint tiny-jpeg`)" in notes
+    assert "The file is not a JPEG, so its quality cannot be read" in notes  # a PNG: the whole correction
     with pytest.raises(AppError, match="'tiny-jpeg' is not offered for colorization: choose one of tiny$"):
         _restore(client, photo, "colorization", samples=1, model="tiny-jpeg")
 

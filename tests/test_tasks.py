@@ -12,8 +12,8 @@ from PIL import Image
 
 from palette.imageio import load_image, pil_to_tensor
 from palette.masks import centre_box_mask, load_mask, save_mask, uncropping_mask
-from palette.jpeg import jpeg_roundtrip, sample_jpeg_quality
-from palette.tasks import TASKS, Degraded, get_task, low_pass, luma, source_estimate
+from palette.jpeg import jpeg_roundtrip, low_pass, sample_jpeg_quality
+from palette.tasks import TASKS, Degraded, get_task, luma, source_estimate
 
 
 def rng(seed: int) -> np.random.Generator:

@@ -141,9 +141,10 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
         if not overwrite and all((folder / name).is_file() for name in names):
             skipped += 1
             continue
+        file_task = task_to_run.for_file(path)  # a JPEG's task knows its file's quality
         try:
-            image, image_mask = load_input(task_to_run, path, mask_path)
-            if note := task_to_run.input_note(image):
+            image, image_mask = load_input(file_task, path, mask_path)
+            if note := file_task.input_note(image):
                 warnings.warn(f"{path}: {note}", stacklevel=2)
         except EmptyMaskError as error:
             warnings.warn(f"{error}; the output is the input, copied", stacklevel=2)
@@ -156,7 +157,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
             if not overwrite and (folder / name).is_file():
                 continue
             show = None if preview is None else lambda coarse, name=name: save_image(coarse, Path(preview) / name)
-            restored = restore_image(model, task_to_run.for_file(path), image, image_mask, sampler=sampler, steps=steps,
+            restored = restore_image(model, file_task, image, image_mask, sampler=sampler, steps=steps,
                                      seed=derive_seed(seed, path.name, str(k)), precision=precision,
                                      progress=progress, preview=show, tile=tile, overlap=overlap,
                                      tile_batch=batch_size, guidance=guidance, strength=strength)

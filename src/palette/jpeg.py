@@ -3,11 +3,13 @@
 The encoder is Pillow's libjpeg, whose quantisation tables are the IJG ones: the ITU T.81 Annex K tables
 multiplied by a scale that falls as Q rises, 5000 / Q below 50 and 200 - 2 Q from there. The same scale, read
 back from a file's tables, tells how hard the file was compressed, and so how much of a restoration to trust.
+Below the block frequencies JPEG loses little, so a restoration keeps the file's own low-pass content (low_pass).
 """
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ ANNEX_K_LUMINANCE = np.array([
 # The model trains on Q 5-30 (Palette App. B). Up to this quality it keeps all of its correction; above, a share
 # that falls with the quantisation step (correction_share), chosen on the validation split (MODEL_CARD.md).
 FULL_CORRECTION_QUALITY = 15
+# The restoration keeps the input's content below the block frequencies (JpegRestoration.keep_input).
+JPEG_LOW_PASS_SIGMA = 6.0  # pixels: removes the 8- and 16-pixel block grids of luma and 4:2:0 chroma
 
 
 def sample_jpeg_quality(rng: np.random.Generator, low: int = 5, high: int = 30) -> int:
@@ -80,3 +84,30 @@ def correction_share(quality: int | None) -> float:
     if quality is None:
         return 1.0
     return min(1.0, quality_scale(quality) / quality_scale(FULL_CORRECTION_QUALITY))
+
+
+def low_pass(image: torch.Tensor, sigma: float = JPEG_LOW_PASS_SIGMA) -> torch.Tensor:
+    """Gaussian blur of images [..., C, H, W] with reflected borders (so a constant image stays constant)."""
+    radius = min(math.ceil(3 * sigma), (min(image.shape[-2:]) - 1) // 2)
+    if radius < 1:
+        return image
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).tolist()
+    planes = image.reshape(-1, *image.shape[-2:])
+    return _blur_along(_blur_along(planes, kernel, -1), kernel, -2).reshape(image.shape)
+
+
+def _blur_along(planes: torch.Tensor, kernel: list[float], dim: int) -> torch.Tensor:
+    """A 1-D convolution along `dim` (-1 or -2) of [P, H, W], reflected at the ends, as a sum of shifted copies.
+
+    Separable passes cost 2(2r + 1) per pixel instead of (2r + 1)^2, and shifted sums need no workspace beyond
+    one padded copy: a 12-megapixel photo stays within a few copies of itself.
+    """
+    radius = len(kernel) // 2
+    padded = torch.nn.functional.pad(planes, (radius, radius) if dim == -1 else (0, 0, radius, radius), mode="reflect")
+    length = planes.shape[dim]
+    blurred = padded.narrow(dim, 0, length) * kernel[0]
+    for shift in range(1, len(kernel)):
+        blurred.add_(padded.narrow(dim, shift, length), alpha=kernel[shift])
+    return blurred

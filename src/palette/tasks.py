@@ -10,7 +10,6 @@ derives task names from the registry TASKS.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -20,7 +19,8 @@ import numpy as np
 import torch
 
 from .imageio import encode_image
-from .jpeg import check_quality, correction_share, file_quality, jpeg_bytes, jpeg_roundtrip, sample_jpeg_quality
+from .jpeg import (check_quality, correction_share, file_quality, jpeg_bytes, jpeg_roundtrip, low_pass,
+                   sample_jpeg_quality)
 from .masks import UNCROP_SIDES, MaskKind, UncropSide, check_mask_kind, make_mask, uncropping_mask
 from .tiling import LowResolution, TileGrid, Tiled
 from .windows import FillWindows
@@ -318,36 +318,6 @@ class Uncropping(_KnownRegionTask):
         return uncropping_mask(height, width, rng, self.side)
 
 
-JPEG_LOW_PASS_SIGMA = 6.0  # pixels: removes the 8- and 16-pixel block grids of luma and 4:2:0 chroma
-
-
-def low_pass(image: torch.Tensor, sigma: float = JPEG_LOW_PASS_SIGMA) -> torch.Tensor:
-    """Gaussian blur of images [..., C, H, W] with reflected borders (so a constant image stays constant)."""
-    radius = min(math.ceil(3 * sigma), (min(image.shape[-2:]) - 1) // 2)
-    if radius < 1:
-        return image
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).tolist()
-    planes = image.reshape(-1, *image.shape[-2:])
-    return _blur_along(_blur_along(planes, kernel, -1), kernel, -2).reshape(image.shape)
-
-
-def _blur_along(planes: torch.Tensor, kernel: list[float], dim: int) -> torch.Tensor:
-    """A 1-D convolution along `dim` (-1 or -2) of [P, H, W], reflected at the ends, as a sum of shifted copies.
-
-    Separable passes cost 2(2r + 1) per pixel instead of (2r + 1)^2, and shifted sums need no workspace beyond
-    one padded copy: a 12-megapixel photo stays within a few copies of itself.
-    """
-    radius = len(kernel) // 2
-    padded = torch.nn.functional.pad(planes, (radius, radius) if dim == -1 else (0, 0, radius, radius), mode="reflect")
-    length = planes.shape[dim]
-    blurred = padded.narrow(dim, 0, length) * kernel[0]
-    for shift in range(1, len(kernel)):
-        blurred.add_(padded.narrow(dim, shift, length), alpha=kernel[shift])
-    return blurred
-
-
 @register_task
 @dataclass(frozen=True)
 class JpegRestoration(Task):
@@ -399,4 +369,10 @@ class JpegRestoration(Task):
 
     def for_file(self, path: str | Path) -> JpegRestoration:
         return self if self.quality is not None else replace(self, quality=file_quality(path))
+
+    def input_note(self, image: torch.Tensor) -> str | None:
+        if self.quality is not None:  # read from the file (for_file)
+            return None
+        return "The file is not a JPEG, so its quality cannot be read: the whole correction is kept, as for a heavy " \
+               "JPEG. That suits a JPEG saved again as PNG; an image never heavily compressed loses some detail."
 
