@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     sample = commands.add_parser("sample", help="restore degraded images with a trained model (no ground truth)")
-    sample.add_argument("--checkpoint",
-                        help="a .safetensors file, checkpoint or run folder, or a bundled model (multitask, jpeg)")
+    sample.add_argument("--checkpoint", help="a .safetensors file, checkpoint or run folder, or a bundled model: "
+                        "multitask (the default) or jpeg (more of a heavy JPEG's blocks out of a whole photo)")
     sample.add_argument("--task", required=True, choices=list(TASKS))
     sample.add_argument("--input", required=True, help="a degraded image or a folder of them")
     sample.add_argument("--mask", help="mask PNG or folder of masks named like the inputs (white = generate)")
