@@ -54,14 +54,15 @@ def tiny_config(image_folder: Path):
 
 
 def save_tiny_model(folder: Path, tasks: dict[str, float] | None = None, seed: int = 0,
-                    name: str = "model.safetensors") -> Path:
-    """A tiny random PaletteNet (16 px, `tiny_values`, trained on `tasks` by its config) saved as a checkpoint;
-    sampling it takes milliseconds."""
+                    name: str = "model.safetensors", sampler: str = "ddim") -> Path:
+    """A tiny random PaletteNet (16 px, `tiny_values`, trained on `tasks` by its config, sampling with `sampler`)
+    saved as a checkpoint; sampling it takes milliseconds."""
     from palette.checkpoint import save_weights
     from palette.network import PaletteNet
 
     values = tiny_values(folder)
     values["data"]["tasks"] = tasks or values["data"]["tasks"]
+    values["sampling"]["sampler"] = sampler
     config = config_from_dict(values)
     torch.manual_seed(seed)
     net = PaletteNet.from_config(config)

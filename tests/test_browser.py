@@ -32,9 +32,10 @@ def chromium_path() -> str | None:
 
 
 def inpaint_in_browser(url: str, photo: Path, screenshot: Path,
-                       timeout_s: float = 90) -> tuple[np.ndarray, list[str], tuple[bool, str]]:
-    """Drive the page like a user; return the first sample's pixels, every URL the page requested, and then, with
-    JPEG chosen, whether a model choice was shown for inpainting and which model is picked for JPEG."""
+                       timeout_s: float = 90) -> tuple[np.ndarray, list[str], tuple[bool, str, str]]:
+    """Drive the page like a user; return the first sample's pixels, every URL the page requested, and then
+    whether a model choice was shown for inpainting, which model is picked for JPEG, and the notes (or the error)
+    of a JPEG run with *Advanced* opened and left as it is."""
     from playwright.sync_api import sync_playwright
 
     requests: list[str] = []
@@ -78,9 +79,14 @@ def inpaint_in_browser(url: str, photo: Path, screenshot: Path,
             page.locator("#task").get_by_label("jpeg", exact=True).check()
             page.locator("#model").wait_for(state="visible", timeout=30_000)
             jpeg_model = page.locator("#model input:checked").get_attribute("value")
+            page.get_by_text("Advanced").click()
+            page.locator("#run").click()
+            page.locator(f"#notes:has-text('the {jpeg_model} model'), .toast-body").first.wait_for(
+                timeout=timeout_s * 1000)
+            jpeg_notes = page.locator(f"#notes:has-text('the {jpeg_model} model'), .toast-body").first.inner_text()
         finally:
             browser.close()
-    return result, requests, (model_shown, jpeg_model)
+    return result, requests, (model_shown, jpeg_model, jpeg_notes)
 
 
 def rate_in_browser(url: str, seconds: float, screenshot: Path) -> tuple[bool, bool]:
@@ -121,8 +127,8 @@ def test_inpainting_in_a_real_browser(tmp_path):
     port = free_port()
     app = start_server(save_tiny_models(tmp_path), port)
     try:
-        result, requests, (model_shown, jpeg_model) = inpaint_in_browser(f"http://127.0.0.1:{port}/", photo,
-                                                                          tmp_path / "ui.png")
+        result, requests, (model_shown, jpeg_model, jpeg_notes) = inpaint_in_browser(f"http://127.0.0.1:{port}/",
+                                                                                      photo, tmp_path / "ui.png")
     finally:
         app.close()
     original = np.asarray(Image.open(photo).convert("RGB"))
@@ -132,6 +138,7 @@ def test_inpainting_in_a_real_browser(tmp_path):
     assert not changed[:10].any() and not changed[-10:].any()  # far from it, the photo's own pixels
     assert 0.01 < changed.mean() < 0.5
     assert not model_shown and jpeg_model == "tiny-jpeg"  # one model for inpainting; for JPEG, the JPEG-only one
+    assert jpeg_notes.startswith("1 sample(s) at 120×80"), jpeg_notes  # Advanced's defaults run as they are
     assert (tmp_path / "ui.png").stat().st_size > 10_000
     hosts = {urlparse(request).hostname for request in requests if not request.startswith(("data:", "blob:"))}
     assert hosts == {"127.0.0.1"}, hosts

@@ -56,9 +56,10 @@ def write_photo(path: Path, width: int = WIDTH, height: int = HEIGHT) -> Path:
 
 
 def save_tiny_models(folder: Path) -> dict[str, Path]:
-    """Two tiny random models by name: "tiny", trained on every task by its config, and "tiny-jpeg", on JPEG only."""
+    """Two tiny random models by name: "tiny", trained on every task by its config, and "tiny-jpeg", on JPEG only
+    and sampling with DPM-Solver++ (tiny's: DDIM)."""
     return {"tiny": save_tiny_model(folder),
-            "tiny-jpeg": save_tiny_model(folder, tasks={"jpeg": 1.0}, seed=1, name="jpeg.safetensors")}
+            "tiny-jpeg": save_tiny_model(folder, tasks={"jpeg": 1.0}, seed=1, name="jpeg.safetensors", sampler="dpmpp")}
 
 
 def start_server(checkpoints: dict[str, Path], port: int):
@@ -99,11 +100,11 @@ def served(tmp_path_factory):
 
 
 def _restore(client, photo: Path, task: str, drawing=None, samples: int = 2, steps: int | None = OPTIONS["steps"],
-             model: str = "tiny"):
+             model: str = "tiny", sampler: str = OPTIONS["sampler"]):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(photo)), task, model, drawing, *SIDES.values(), OPTIONS["sampler"],
-                          steps, OPTIONS["seed"], samples, api_name="/restore")
+    return client.predict(handle_file(str(photo)), task, model, drawing, *SIDES.values(), sampler, steps,
+                          OPTIONS["seed"], samples, api_name="/restore")
 
 
 def _pixels(path: str | Path) -> np.ndarray:
@@ -237,19 +238,34 @@ def test_a_file_over_50_MB_is_refused(served, tmp_path, monkeypatch):
         read_upload(big)  # and the handler, should a file reach it another way
 
 
-def test_empty_steps_sample_with_the_models_steps_for_the_task(served, tmp_path):
+def test_steps_0_sample_with_the_models_steps_for_the_task(served, tmp_path):
     from palette.folders import sample_folder
 
     client, checkpoints, *_ = served
     checkpoint = checkpoints["tiny"]
     photo = write_photo(tmp_path / "photo.png")
-    (_, after), *_ = _restore(client, photo, "jpeg", samples=1, steps=None)
+    (_, after), *_ = _restore(client, photo, "jpeg", samples=1, steps=0)  # the page's default
     options = dict(OPTIONS, steps=None)
     written = sample_folder(checkpoint, "jpeg", photo, tmp_path / "cli", device="cpu", progress=False, **options)
     np.testing.assert_array_equal(_pixels(after), _pixels(written[0]))
     stepped = sample_folder(checkpoint, "jpeg", photo, tmp_path / "cli2", device="cpu", progress=False,
                             **dict(OPTIONS, steps=1))
     assert not np.array_equal(_pixels(after), _pixels(stepped[0]))  # so the default was not one step
+
+
+def test_the_empty_sampler_is_each_models_own(served, tmp_path):
+    from palette.folders import sample_folder
+
+    client, checkpoints, *_ = served
+    photo = write_photo(tmp_path / "photo.png")
+    options = dict(OPTIONS, steps=4)  # at 2 steps DDIM and DPM-Solver++ (2M) coincide
+    (_, after), *_ = _restore(client, photo, "jpeg", samples=1, steps=4, model="tiny-jpeg", sampler="")
+    own = sample_folder(checkpoints["tiny-jpeg"], "jpeg", photo, tmp_path / "own", device="cpu", progress=False,
+                        **dict(options, sampler=None))
+    np.testing.assert_array_equal(_pixels(after), _pixels(own[0]))  # DPM-Solver++, its config's
+    ddim = sample_folder(checkpoints["tiny-jpeg"], "jpeg", photo, tmp_path / "ddim", device="cpu", progress=False,
+                         **options)
+    assert not np.array_equal(_pixels(after), _pixels(ddim[0]))  # not the default model's DDIM
 
 
 def test_each_task_offers_the_models_trained_on_it_fewest_tasks_first(served):
@@ -284,8 +300,9 @@ def test_a_jpeg_restored_by_the_jpeg_model_is_what_the_cli_gives_with_it(served,
 def test_the_defaults_are_the_models_sampling_config(served):
     *_, app, _ = served
     values = {block.label: getattr(block, "value", None) for block in app.blocks.values() if hasattr(block, "label")}
-    assert values["Sampler"] == "ddim"  # tiny_values' sampling, not gradio's default
-    assert values["Steps"] is None  # empty: each task samples with the model's own steps for it
+    sampler = next(block for block in app.blocks.values() if getattr(block, "label", None) == "Sampler")
+    assert values["Sampler"] == "" and sampler.choices[0] == ("the model's (tiny ddim, tiny-jpeg dpmpp)", "")
+    assert values["Steps"] == 0  # each task samples with the model's own steps for it
     assert values["Task"] == next(iter(TASKS))
     model = next(block for block in app.blocks.values() if getattr(block, "label", None) == "Model")
     assert model.value == "tiny" and not model.visible  # colorization: one model trained on it, no choice shown
@@ -319,6 +336,20 @@ def test_nothing_leaves_the_machine(served, tmp_path):
     _restore(client, write_photo(tmp_path / "photo.png"), "jpeg", samples=1)
     assert app.analytics_enabled is False
     assert contacts and all(is_loopback(host) for host in contacts), sorted(set(contacts))
+
+
+def test_palette_serve_serves_every_checkpoint_given(tmp_path):
+    from palette.cli import build_parser
+    from palette.serve import serve
+
+    checkpoints = [str(path) for path in save_tiny_models(tmp_path).values()]
+    args = build_parser().parse_args(["serve", "--checkpoint", checkpoints[0], "--checkpoint", checkpoints[1]])
+    app = serve(args.checkpoint, port=free_port(), device="cpu", block=False)
+    try:
+        model = next(block for block in app.blocks.values() if getattr(block, "label", None) == "Model")
+        assert [value for _, value in model.choices] == checkpoints and model.value == checkpoints[0]
+    finally:
+        app.close()
 
 
 def test_the_cli_serves_on_loopback_by_default_and_names_a_missing_extra(monkeypatch):

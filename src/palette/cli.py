@@ -359,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
 
     serve = commands.add_parser("serve", help="the browser UI (gradio) on this machine; needs pip install -e '.[ui]'")
-    serve.add_argument("--checkpoint", help="a file, folder or bundled model name (default: multitask and jpeg)")
+    serve.add_argument("--checkpoint", action="append", help="a file, folder or bundled model name; repeat it to "
+                       "serve several, each task offering those trained on it (default: multitask and jpeg)")
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, help="default: 7860")
     serve.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")

@@ -2,6 +2,7 @@
 
     palette serve                                      # the shipped model (and the JPEG model) at http://127.0.0.1:7860
     palette serve --checkpoint runs/demo --port 8000
+    palette serve --checkpoint runs/inpainting --checkpoint jpeg   # several models: each task offers its own
     launch(build_app(load_models("model.safetensors")))  # the same from Python
 
 Where several models are served (the shipped one brings the bundled JPEG model), each task offers those trained on
@@ -19,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import MAX_STEPS, SamplingConfig
+from .config import MAX_STEPS
 from .imageio import load_image, save_image
 from .inference import Model, derive_seed, extend_image, restore_image, trained_tasks
 from .samplers import SAMPLERS
@@ -168,7 +170,6 @@ def build_app(models: dict[str, Model], output_dir: str | Path | None = None) ->
     files under `output_dir` (a temp folder)."""
     gr = import_gradio()
     output_root = Path(output_dir or tempfile.mkdtemp(prefix="palette-serve-"))
-    sampling = next(iter(models.values())).config.sampling
     first_task = next(iter(TASKS))
     first_region = REGION_INPUT.get(first_task)
 
@@ -212,8 +213,8 @@ def build_app(models: dict[str, Model], output_dir: str | Path | None = None) ->
         strokes = np.max([np.asarray(layer)[..., -1] for layer in layers], axis=0) if layers else None
         try:
             result = restore_upload(models[model_name], task_name, photo, strokes,
-                                    sides=dict(zip(SIDE_NAMES, (left, right, top, bottom))), sampler=sampler,
-                                    steps=_whole(steps, "steps"), seed=_whole(seed, "seed") or 0,
+                                    sides=dict(zip(SIDE_NAMES, (left, right, top, bottom))), sampler=sampler or None,
+                                    steps=_whole(steps, "steps") or None, seed=_whole(seed, "seed") or 0,
                                     samples=_whole(samples, "samples"))
         except ValueError as error:  # ImageError and every refused option: the message names the problem
             raise gr.Error(str(error)) from None
@@ -251,10 +252,13 @@ def build_app(models: dict[str, Model], output_dir: str | Path | None = None) ->
                     side_inputs = [gr.Number(value=64 if side == "right" else 0, precision=0, minimum=0,
                                              label=f"{side} (px)") for side in SIDE_NAMES]
                 with gr.Accordion("Advanced", open=False):
-                    sampler = gr.Dropdown(list(SAMPLERS), value=sampling.sampler, label="Sampler")
-                    # Empty: the model's steps for the task (SamplingConfig.task_steps), which one number cannot show.
-                    steps = gr.Number(value=None, precision=0, minimum=1, maximum=MAX_STEPS, label="Steps",
-                                      placeholder=f"the model's for the task ({_steps_by_task(sampling)})")
+                    # First, the model's own sampler: with several models, one name would override theirs.
+                    sampler = gr.Dropdown([(f"the model's ({_samplers(models)})", ""), *SAMPLERS], value="",
+                                          label="Sampler")
+                    # 0: the model's steps for the task (SamplingConfig.task_steps), which one number cannot show.
+                    # (An empty box is no default: once the accordion opens, the page sends it as 0.)
+                    steps = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_STEPS, label="Steps",
+                                      info=f"0: the model's for the task ({_steps_by_task(models)})")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                     samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Samples")
                 button = gr.Button("Run", variant="primary", elem_id="run")
@@ -278,8 +282,17 @@ def _model_info(models: dict[str, Model]) -> str:
     return "; ".join(f"{name}: trained on {', '.join(trained_tasks(model))}" for name, model in models.items())
 
 
-def _steps_by_task(sampling: SamplingConfig) -> str:
-    return ", ".join(f"{name} {sampling.for_task('steps', name)}" for name in TASKS)
+def _samplers(models: dict[str, Model]) -> str:
+    """The served models' own samplers: one name where they agree."""
+    names = {name: model.config.sampling.sampler for name, model in models.items()}
+    return next(iter(names.values())) if len(set(names.values())) == 1 else \
+        ", ".join(f"{name} {sampler}" for name, sampler in names.items())
+
+
+def _steps_by_task(models: dict[str, Model]) -> str:
+    """Each task's steps in the model the page picks for it first."""
+    return ", ".join(f"{task} {models[model_choices(models, task)[0]].config.sampling.for_task('steps', task)}"
+                     for task in TASKS)
 
 
 def _whole(value: float | None, name: str) -> int | None:
@@ -294,10 +307,13 @@ def _new_folder(root: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=root))
 
 
-def serve(checkpoint: str | Path | None = None, host: str | None = None, port: int | None = None,
+def serve(checkpoints: Sequence[str | Path] | None = None, host: str | None = None, port: int | None = None,
           device: str | None = None, block: bool = True) -> Any:
-    """`palette serve`: load the model (default: the shipped one, with the JPEG model) and serve the app until
-    interrupted."""
+    """`palette serve`: load the models (default: the shipped one, with the JPEG model; the first given is the
+    default) and serve the app until interrupted."""
     from .inference import load_models
 
-    return launch(build_app(load_models(checkpoint, device)), host, port, block)
+    models: dict[str, Model] = {}
+    for checkpoint in checkpoints or [None]:
+        models.update(load_models(checkpoint, device))
+    return launch(build_app(models), host, port, block)
