@@ -6,8 +6,7 @@
     palette extend photo.jpg --right 512 --output wider.png
     palette degrade --task jpeg --input photos/ --output evalset/ --size 64
     palette evaluate --pred out/ --target evalset/targets --out results.json
-    palette demo
-    palette serve
+    palette demo && palette serve
     palette study serve --real eval/targets --fake out/palette-64_inpainting
 """
 
@@ -359,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
 
     serve = commands.add_parser("serve", help="the browser UI (gradio) on this machine; needs pip install -e '.[ui]'")
-    serve.add_argument("--checkpoint", action="append", help="a file, folder or bundled model name; repeat it to "
-                       "serve several, each task offering those trained on it (default: multitask and jpeg)")
+    serve.add_argument("--checkpoint", action="append",
+                       help="a file, folder or bundled model name; repeatable (default: multitask and jpeg)")
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, help="default: 7860")
     serve.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
