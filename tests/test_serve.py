@@ -344,12 +344,13 @@ def test_palette_serve_serves_every_checkpoint_given(tmp_path):
 
     checkpoints = [str(path) for path in save_tiny_models(tmp_path).values()]
     args = build_parser().parse_args(["serve", "--checkpoint", checkpoints[0], "--checkpoint", checkpoints[1]])
-    app = serve(args.checkpoint, port=free_port(), device="cpu", block=False)
-    try:
-        model = next(block for block in app.blocks.values() if getattr(block, "label", None) == "Model")
-        assert [value for _, value in model.choices] == checkpoints and model.value == checkpoints[0]
-    finally:
-        app.close()
+    for given, served in ((args.checkpoint, checkpoints), (checkpoints[1], checkpoints[1:])):  # a list, or one
+        app = serve(given, port=free_port(), device="cpu", block=False)
+        try:
+            model = next(block for block in app.blocks.values() if getattr(block, "label", None) == "Model")
+            assert [value for _, value in model.choices] == served and model.value == served[0]
+        finally:
+            app.close()
 
 
 def test_the_cli_serves_on_loopback_by_default_and_names_a_missing_extra(monkeypatch):

@@ -307,12 +307,14 @@ def _new_folder(root: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=root))
 
 
-def serve(checkpoints: Sequence[str | Path] | None = None, host: str | None = None, port: int | None = None,
-          device: str | None = None, block: bool = True) -> Any:
-    """`palette serve`: load the models (default: the shipped one, with the JPEG model; the first given is the
-    default) and serve the app until interrupted."""
+def serve(checkpoints: str | Path | Sequence[str | Path] | None = None, host: str | None = None,
+          port: int | None = None, device: str | None = None, block: bool = True) -> Any:
+    """`palette serve`: load the models (default: the shipped one, with the JPEG model), each task offering those
+    trained on it, and serve the app until interrupted."""
     from .inference import load_models
 
+    if isinstance(checkpoints, (str, Path)):
+        checkpoints = [checkpoints]
     models: dict[str, Model] = {}
     for checkpoint in checkpoints or [None]:
         models.update(load_models(checkpoint, device))
