@@ -73,14 +73,13 @@ def test_the_jpeg_model_takes_the_blocks_out_of_a_whole_photo(model, files):
 def test_a_gray_photos_jpeg_comes_back_gray(tmp_path, name, least_gain):
     """Restored with colour, the four gray files came back tinted by up to 41 levels; they gain 0.77 dB (the JPEG
     model) and 0.16 dB (the default) over the file."""
-    gains = []
+    gains, model = [], load_model(name, "cpu")
     for path in example_images():
         with Image.open(path) as image:
             image.convert("L").save(tmp_path / "gray.jpg", quality=QUALITY)
             truth = pil_to_tensor(image.convert("L").convert("RGB"))
         decoded = load_image(tmp_path / "gray.jpg", "RGB")
-        output = restore_image(load_model(name, "cpu"), get_task("jpeg").for_file(tmp_path / "gray.jpg"), decoded,
-                               progress=False)
+        output = restore_image(model, get_task("jpeg").for_file(tmp_path / "gray.jpg"), decoded, progress=False)
         assert torch.equal(output[0], output[1]) and torch.equal(output[1], output[2])
         gains.append(_psnr(output, truth) - _psnr(decoded, truth))
     assert np.mean(gains) > least_gain

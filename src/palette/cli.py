@@ -6,7 +6,8 @@
     palette extend photo.jpg --right 512 --output wider.png
     palette degrade --task jpeg --input photos/ --output evalset/ --size 64
     palette evaluate --pred out/ --target evalset/targets --out results.json
-    palette demo && palette serve
+    palette demo
+    palette serve
     palette study serve --real eval/targets --fake out/palette-64_inpainting
 """
 

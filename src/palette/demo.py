@@ -145,7 +145,7 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
         if full_size:
             shown, restored, mask = _full_size_case(model, case, photo, steps, seed + case_index)
             images, caption = [shown, restored], "input | output"
-            if case.task.name == "jpeg" and len(models) > 1:  # what the bundled JPEG model does for a photo
+            if case.task.name == "jpeg" and models.get("jpeg", model) is not model:  # the bundled JPEG model
                 images.append(_full_size_case(models["jpeg"], case, photo, steps, seed + case_index)[1])
                 caption += " | the JPEG model (--checkpoint jpeg)"
             _full_size_figure([*images, photo], mask, output / f"{name}_full.png")

@@ -21,7 +21,7 @@ import torch
 
 from .imageio import (IMAGE_SUFFIXES, ImageError, check_unique_stems, image_inputs, load_image, output_format,
                       refuse_input_as_output, save_image)
-from .inference import Precision, derive_seed, extend_image, load_model, restore_image
+from .inference import Precision, derive_seed, extend_image, load_model, restore_image, trained_tasks
 from .masks import EmptyMaskError, load_mask
 from .samplers import check_sampling
 from .shards import rank_slice
@@ -124,8 +124,8 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     if device is None and world_size > 1 and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     model = load_model(checkpoint, device)
-    if task not in model.config.data.tasks:
-        warnings.warn(f"task {task} was not in this model's training mixture {sorted(model.config.data.tasks)}",
+    if task not in trained_tasks(model):
+        warnings.warn(f"task {task} was not in this model's training mixture {sorted(trained_tasks(model))}",
                       stacklevel=2)
     if not paths:
         raise ImageError(f"{input}: no input images")
