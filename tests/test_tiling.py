@@ -281,3 +281,13 @@ def test_bad_masks_are_refused_before_sampling():
         restore_image(model, get_task("inpainting"), image, torch.zeros(1, 40, 61), progress=False)
     with pytest.raises(ValueError, match="takes no mask"):
         restore_image(model, get_task("jpeg"), image, torch.zeros(1, 40, 60), progress=False)
+
+
+def test_a_colour_photo_is_colorized_as_its_gray_version_at_any_size():
+    model = Model(SmoothNet(), _config(), torch.device("cpu"))
+    for size in [(96, 128), (300, 200)]:  # within the 128 px view, and upsampled onto the full image
+        colour = _photo(*size)
+        from_colour = restore_image(model, get_task("colorization"), colour, steps=2, progress=False)
+        from_gray = restore_image(model, get_task("colorization"), luma(colour).repeat(3, 1, 1), steps=2,
+                                  progress=False)
+        assert torch.allclose(from_colour, from_gray, atol=1e-5)  # none of the photo's own colour comes through

@@ -265,6 +265,7 @@ def restore_image(model: Model, task: Task, image: torch.Tensor, mask: torch.Ten
     check_sampling(sampler, steps, guidance, strength)
     image = image.float().cpu()
     task.check_input(image, mask)  # a missing, misshapen or full mask fails before any sampling
+    image = task.take_input(image)  # a colour photo for colorization: its gray version
     strategy = task.full_size
     if tile is not None or overlap is not None:
         grid = replace(strategy.grid, tile=strategy.grid.tile if tile is None else tile,

@@ -132,6 +132,10 @@ class Task(ABC):
         """What the task sets aside of a user's image [3, H, W] before it starts, as a sentence; None for nothing."""
         return None
 
+    def take_input(self, image: torch.Tensor) -> torch.Tensor:
+        """A user's image [3, H, W] without what input_note says is set aside: what restoration starts from."""
+        return image
+
     @abstractmethod
     def simulate_input(self, image: torch.Tensor, rng: np.random.Generator) -> UserInput:
         """The file a user would have for this clean image.
@@ -228,6 +232,9 @@ class Colorization(Task):
             return None
         return "The photo is in colour: colorization starts from its gray version (BT.601 luma), so it was " \
                "converted to gray first and its colours are not used."
+
+    def take_input(self, image: torch.Tensor) -> torch.Tensor:
+        return luma(image).repeat(3, 1, 1)
 
     def keep_input(self, image: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         # Only chroma is generated; the luma is given (as colorization tools keep L of Lab). The BT.601
