@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from palette.config import config_from_dict
-from palette.inference import Model, derive_seed, restore, restore_image
+from palette.inference import Model, derive_seed, extend_image, restore, restore_image
 from palette.samplers import make_scheduler, run_sampler
 from palette.tasks import TASKS, get_task, luma
 from palette.tiling import LowResolution, TiledNetwork, TileGrid, blend_ramp, tile_origins
-from palette.windows import Box, FillWindows, hole_windows, outward_windows
+from palette.windows import Box, FillWindows, coarsest_scale, hole_windows, outward_windows
 
 from conftest import tiny_values
 
@@ -291,3 +291,22 @@ def test_a_colour_photo_is_colorized_as_its_gray_version_at_any_size():
         from_gray = restore_image(model, get_task("colorization"), luma(colour).repeat(3, 1, 1), steps=2,
                                   progress=False)
         assert torch.allclose(from_colour, from_gray, atol=1e-5)  # none of the photo's own colour comes through
+
+
+def test_a_known_strip_thinner_than_the_coarse_view_still_anchors_the_fill():
+    model = Model(SmoothNet(), _config(), torch.device("cpu"))
+    image, mask = _photo(200, 200), torch.ones(1, 200, 200)
+    mask[:, :4] = 0  # at 20/196 of its size the 4 known rows would be less than one pixel
+    assert coarsest_scale(mask[0] > 0.5, reach=20) == pytest.approx(20 / 196 * 4)  # 80 px: a whole known row
+    restored = restore_image(model, get_task("inpainting"), image, mask, steps=2, progress=False)
+    assert restored.shape == image.shape and torch.equal(restored[:, :4], image[:, :4])
+
+
+@pytest.mark.parametrize(("height", "width", "sides"), [(1, 1, {"right": 1}), (1, 64, {"right": 16}),
+                                                         (64, 1, {"bottom": 16}), (4, 256, {"bottom": 252})])
+def test_strips_and_single_pixels_can_be_extended(height, width, sides):
+    model = Model(SmoothNet(), _config(), torch.device("cpu"))
+    image = _photo(height, width)
+    extended = extend_image(model, image, steps=2, progress=False, **sides)
+    assert extended.shape == (3, height + sides.get("bottom", 0), width + sides.get("right", 0))
+    assert torch.equal(extended[:, :height, :width], image)

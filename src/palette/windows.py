@@ -20,6 +20,9 @@ import torch.nn.functional as F
 
 from .tiling import Preview, TileGrid, WindowSampler, resize, scaled_size, shrink_mask, tile_origins
 
+# A window must be able to hold known and unknown pixels side by side; the outward plan's are at least this wide.
+MIN_OUTWARD_SIDE = 8
+
 
 @dataclass(frozen=True)
 class Box:
@@ -64,27 +67,28 @@ def hole_windows(unknown: torch.Tensor, margin: int, context: float) -> list[Box
 
 
 def outward_windows(unknown: torch.Tensor, min_known: float = 0.5) -> Iterator[Box]:
-    """Square windows, each filling the most unknown pixels while at least `min_known` of it is known.
+    """Windows, each filling the most unknown pixels while at least `min_known` of it is known.
 
-    `unknown` [H, W] is read again before each window, so the caller marks what a window filled. The side is
-    the known region's long side (within the image). When no window is known enough, the best-known one goes.
+    `unknown` [H, W] is read again before each window, so the caller marks what a window filled. A window is
+    square, its side the known region's long side and at least MIN_OUTWARD_SIDE px, cut to the image (a strip one
+    pixel high gets windows one pixel high). When no window is known enough, the best-known one goes.
     """
     height, width = unknown.shape
     rows, cols = torch.nonzero(~unknown, as_tuple=True)
-    side = min(height, width, max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1))
-    stride = max(1, side // 8)
-    tops = torch.tensor(tile_origins(height, side, side - stride))
-    lefts = torch.tensor(tile_origins(width, side, side - stride))
+    side = max(MIN_OUTWARD_SIDE, int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1)
+    window_height, window_width = min(height, side), min(width, side)
+    tops = torch.tensor(tile_origins(height, window_height, window_height - max(1, window_height // 8)))
+    lefts = torch.tensor(tile_origins(width, window_width, window_width - max(1, window_width // 8)))
     while unknown.any():
         integral = F.pad(unknown.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
-        bottoms, rights = tops + side, lefts + side
+        bottoms, rights = tops + window_height, lefts + window_width
         counts = (integral[bottoms][:, rights] - integral[tops][:, rights] - integral[bottoms][:, lefts]
                   + integral[tops][:, lefts])
-        known_enough = (counts > 0) & (counts <= (1 - min_known) * side * side)
+        known_enough = (counts > 0) & (counts <= (1 - min_known) * window_height * window_width)
         score = torch.where(known_enough, counts, torch.where(counts > 0, -counts, -math.inf))
         best = int(score.argmax())
         top, left = int(tops[best // len(lefts)]), int(lefts[best % len(lefts)])
-        yield Box(top, left, top + side, left + side)
+        yield Box(top, left, top + window_height, left + window_width)
 
 
 def distance_to_known(unknown: torch.Tensor) -> torch.Tensor:
@@ -99,6 +103,16 @@ def farthest_unknown(unknown: torch.Tensor) -> float:
     if unknown.all():
         return float(max(unknown.shape))
     return float(distance_to_known(unknown).max())
+
+
+def coarsest_scale(generates: torch.Tensor, reach: float) -> float:
+    """The scale at which a window that generates `generates` [H, W] (bool) is first sampled: where its farthest
+    unknown pixel lies `reach` px from a known one, doubled until some pixel of the shrunk window is wholly known
+    (a known strip thinner than a shrunk pixel would leave the model nothing to start from)."""
+    scale = reach / farthest_unknown(generates)
+    while scale < 1 and shrink_mask(generates[None].float(), *scaled_size(*generates.shape, scale)).amin() > 0.5:
+        scale *= 2
+    return min(scale, 1.0)
 
 
 def scale_ladder(coarsest: float) -> list[float]:
@@ -180,7 +194,7 @@ class FillWindows:
                 continue
             band = self.feather * max(box.bottom - box.top, box.right - box.left)
             weight = seam_band(own, generated[box.slices], band)
-            windows.append(_Window(box, weight, scale_ladder(self.reach / farthest_unknown(weight > 0))))
+            windows.append(_Window(box, weight, scale_ladder(coarsest_scale(weight > 0, self.reach))))
             self._level(sampler, result, windows[-1], len(windows) - 1, 0)
             unknown[box.slices] = False
             generated[box.slices] |= own
