@@ -336,6 +336,43 @@ def test_an_output_folder_that_is_a_file_is_one_line_naming_it(tmp_path, capsys,
     assert (tmp_path / "taken").read_text() == "a file, not a folder"
 
 
+def test_no_output_or_preview_replaces_an_input_or_a_mask_even_with_overwrite(tmp_path, capsys, checkpoint):
+    folder, masks = tmp_path / "in", tmp_path / "masks"
+    write_images(folder, count=2, size=16)
+    masks.mkdir()
+    for name in ("image0", "image1"):
+        mask = Image.new("L", (16, 16), 0)
+        mask.paste(255, (4, 4, 12, 12))
+        mask.save(masks / f"{name}.png")
+    kept = {path: path.read_bytes() for path in [*folder.iterdir(), *masks.iterdir()]}
+    base = ["sample", "--checkpoint", str(checkpoint), "--task", "inpainting", "--mask", str(masks),
+            "--device", "cpu", "--steps", "1", "--overwrite"]
+    one = folder / "image0.png"
+    for argv, replaced in (([*base, "--input", str(one), "--output", str(folder)], one),  # its own folder
+                           ([*base, "--input", str(folder), "--output", str(masks)], masks / "image0.png"),
+                           ([*base, "--input", str(folder), "--output", str(tmp_path / "o"), "--preview",
+                             str(folder)], one)):
+        assert f"would replace the input {replaced}" in _cli_error(capsys, argv)
+    assert {path: path.read_bytes() for path in kept} == kept
+
+
+def test_inputs_under_the_output_folder_hidden_files_and_masks_in_subfolders(tmp_path, checkpoint):
+    from palette.folders import sample_folder
+
+    inputs = tmp_path / "project" / "photos"
+    write_images(inputs / "trip", count=1, size=16)
+    write_images(inputs / ".thumbnails", count=1, size=16)  # a viewer's cache: not the user's photos
+    (inputs / "._image0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    (tmp_path / "masks" / "trip").mkdir(parents=True)
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (4, 4, 12, 12))
+    mask.save(tmp_path / "masks" / "trip" / "image0.PNG")  # where palette degrade puts it, and in capitals
+    # The output folder holds the input folder: every input is still read (only one inside the inputs is skipped).
+    written = sample_folder(checkpoint, "inpainting", inputs, tmp_path / "project", mask=tmp_path / "masks",
+                            steps=1, progress=False, device="cpu")
+    assert written == [tmp_path / "project" / "image0.png"]
+
+
 def test_a_full_disk_leaves_the_old_output_and_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "out.png"
     save_image(torch.ones(3, 4, 4), path)

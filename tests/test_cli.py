@@ -145,6 +145,14 @@ def test_extend_grows_the_image_by_the_given_pixels(trained, tmp_path, capsys):
     for output, preview in (("wide.xyz", None), ("wide.png", "coarse")):
         argv = base + ["--output", str(tmp_path / output)] + (["--preview", str(tmp_path / preview)] if preview else [])
         assert f"{preview or output}: unknown image suffix" in _error(capsys, argv)
+    # An existing output is the user's: refused (before the model loads) unless --overwrite.
+    before = (tmp_path / "wide.png").read_bytes()
+    assert f"{tmp_path / 'wide.png'}: exists; --overwrite replaces it" in _error(
+        capsys, base + ["--output", str(tmp_path / "wide.png")])
+    assert (tmp_path / "wide.png").read_bytes() == before
+    main(base[:-1] + [str(trained / "run"), "--steps", "2", "--output", str(tmp_path / "wide.png"), "--overwrite"])
+    with Image.open(tmp_path / "wide.png") as wide:
+        assert wide.size == (20 + 8, 20)
 
 
 def _logged_steps(run_dir: Path) -> list[int]:
@@ -227,7 +235,8 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
 
 
 def test_a_checkpoint_path_without_a_model_is_named(tmp_path, capsys):
-    err = _error(capsys, ["sample", "--checkpoint", str(tmp_path), "--task", "jpeg", "--input", str(tmp_path),
+    write_images(tmp_path / "in", count=1, size=16)
+    err = _error(capsys, ["sample", "--checkpoint", str(tmp_path), "--task", "jpeg", "--input", str(tmp_path / "in"),
                           "--output", str(tmp_path / "o")])
     assert str(tmp_path) in err and "no checkpoint" in err
 

@@ -66,7 +66,8 @@ def _extend(args: argparse.Namespace) -> None:
 
     written = extend_file(args.checkpoint or shipped_model_path(), args.image, args.output, left=args.left,
                           right=args.right, top=args.top, bottom=args.bottom, sampler=args.sampler, steps=args.steps,
-                          seed=args.seed, device=args.device, precision=args.precision, preview=args.preview)
+                          seed=args.seed, device=args.device, precision=args.precision, preview=args.preview,
+                          overwrite=args.overwrite)
     print(f"wrote {written}")
 
 
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     extend.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     extend.add_argument("--precision", choices=PRECISIONS, default="fp32")
     extend.add_argument("--preview", metavar="PATH", help="write the coarse result here first")
+    extend.add_argument("--overwrite", action="store_true", help="replace an existing --output or --preview")
     extend.set_defaults(handler=_extend)
 
     degrade = commands.add_parser("degrade", help="make an evaluation set: inputs/, masks/, targets/")

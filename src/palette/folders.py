@@ -5,12 +5,14 @@
     extend_file("model.safetensors", "photo.jpg", "wider.png", right=512)
 
 A rerun skips outputs that exist, so an interrupted folder resumes; under torchrun each rank restores its own
-share of the inputs. The user's input is never written over: the input itself as the output is refused, and an
-output folder inside the input folder is not read back as inputs.
+share of the inputs. The user's files are never written over: an output or preview that would replace an input
+or a mask is refused before any work, and an output or preview folder inside the input folder is not read back as
+inputs; `palette extend` refuses an existing output unless told to overwrite it.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import (IMAGE_SUFFIXES, ImageError, check_unique_stems, image_inputs, load_image, output_format,
-                      refuse_input_as_output, save_image)
+from .imageio import (IMAGE_SUFFIXES, ImageError, check_unique_stems, image_inputs, input_root, load_image,
+                      output_format, refuse_input_as_output, refuse_writing_over, save_image)
 from .inference import Precision, derive_seed, extend_image, load_model, restore_image, trained_tasks
 from .masks import EmptyMaskError, load_mask
 from .samplers import check_sampling
@@ -31,13 +33,17 @@ from .tasks import Task, get_task
 def extend_file(checkpoint: str | Path, input: str | Path, output: str | Path, left: int = 0, right: int = 0,
                 top: int = 0, bottom: int = 0, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                 device: str | None = None, precision: Precision = "fp32", preview: str | Path | None = None,
-                progress: bool = True) -> Path:
-    """`palette extend`: read an image, grow it, write the result (and the coarse result to `preview` first)."""
+                progress: bool = True, overwrite: bool = False) -> Path:
+    """`palette extend`: read an image, grow it, write the result (and the coarse result to `preview` first).
+    An existing output or preview is refused unless `overwrite`; the input never."""
     check_sampling(sampler, steps)
-    for path in (output, preview):  # a bad output name fails before the sampling, not after it
-        if path is not None:
-            output_format(path)
-            refuse_input_as_output(input, path)
+    written = [Path(path) for path in (output, preview) if path is not None]
+    for path in written:  # a bad output name fails before the sampling, not after it
+        output_format(path)
+        refuse_input_as_output(input, path)
+    for path in written:
+        if path.exists() and not overwrite:
+            raise ImageError(f"{path}: exists; --overwrite replaces it")
     image = load_image(input, "RGB")
     model = load_model(checkpoint, device)
     show = None if preview is None else lambda coarse: save_image(coarse, preview)
@@ -77,16 +83,26 @@ def prepare_input(task_name: str, image_path: Path, mask_path: Path | None, size
     return PreparedInput(image_path, task, degraded.condition, degraded.mask)
 
 
-def find_mask(mask_dir: Path | None, image_path: Path) -> Path | None:
-    """The mask PNG with the image's stem: in `mask_dir` (a folder or a single file)."""
+def find_mask(mask_dir: Path | None, image_path: Path, root: Path | None = None) -> Path | None:
+    """The mask PNG with the image's stem (suffix in any case) in `mask_dir`, a folder or a single file: in the
+    subfolder where the image lies below `root` (`root/x/a.jpg` -> `mask_dir/x/a.png`, as `palette degrade`
+    writes them), else at the top of `mask_dir`."""
     if mask_dir is None:
         return None
     if mask_dir.is_file():
         return mask_dir
-    candidate = mask_dir / f"{image_path.stem}.png"
-    if not candidate.is_file():
-        raise ImageError(f"{candidate}: missing mask for input {image_path}")
-    return candidate
+    folders = [mask_dir] if root is None else [mask_dir / image_path.parent.relative_to(root), mask_dir]
+    for folder in dict.fromkeys(folders):
+        found = [path for path in folder.glob(f"{glob.escape(image_path.stem)}.*") if path.suffix.lower() == ".png"]
+        if found:
+            return min(found)
+    raise ImageError(f"{mask_dir / (image_path.stem + '.png')}: missing mask for input {image_path}")
+
+
+def output_names(path: Path, stem: str | None, suffix: str, num_samples: int) -> list[str]:
+    """The file names of an input's outputs: `<stem>.png`, or `<stem>_<k>.png` for several samples."""
+    stem = stem or path.stem
+    return [f"{stem}_{k}{suffix}" for k in range(num_samples)] if num_samples > 1 else [f"{stem}{suffix}"]
 
 
 def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: str | Path,
@@ -116,10 +132,22 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
     input, output = Path(input), Path(output)
     refuse_input_as_output(input, output)
-    paths = image_inputs(input, output)
+    paths = image_inputs(input, output, preview)
     to_file = output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
     if to_file and input.is_dir():
         raise ImageError(f"{output}: names one image, but {input} is a folder of inputs; give a folder for --output")
+    for flag, folder in (("--output", None if to_file else output), ("--preview", preview)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise ImageError(f"{folder}: {flag} needs a folder here, and {folder} is a file, not a folder")
+    if not paths:
+        raise ImageError(f"{input}: no input images")
+    check_unique_stems(paths)
+    mask_dir = Path(mask) if mask is not None else None
+    inputs = [(path, find_mask(mask_dir, path, input_root(input))) for path in paths]  # before any sampling
+    folder, stem, suffix = (output.parent, output.stem, output.suffix) if to_file else (output, None, ".png")
+    names = [name for path in paths for name in output_names(path, stem, suffix, num_samples)]
+    refuse_writing_over([folder / name for name in names] + [Path(preview) / name for name in names if preview],
+                        [item for pair in inputs for item in pair if item is not None])
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if device is None and world_size > 1 and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
@@ -127,17 +155,10 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     if task not in trained_tasks(model):
         warnings.warn(f"task {task} was not in this model's training mixture {sorted(trained_tasks(model))}",
                       stacklevel=2)
-    if not paths:
-        raise ImageError(f"{input}: no input images")
-    check_unique_stems(paths)
-    paths = rank_slice(paths, rank, world_size)
-    mask_dir = Path(mask) if mask is not None else None
-    inputs = [(path, find_mask(mask_dir, path)) for path in paths]  # a missing mask fails before any sampling
     written, skipped = [], 0
-    folder, stem, suffix = (output.parent, output.stem, output.suffix) if to_file else (output, None, ".png")
-    for path, mask_path in tqdm(inputs, desc="images", unit="image", disable=not progress):
-        names = [f"{stem or path.stem}_{k}{suffix}" if num_samples > 1 else f"{stem or path.stem}{suffix}"
-                 for k in range(num_samples)]
+    for path, mask_path in tqdm(rank_slice(inputs, rank, world_size), desc="images", unit="image",
+                                disable=not progress):
+        names = output_names(path, stem, suffix, num_samples)
         if not overwrite and all((folder / name).is_file() for name in names):
             skipped += 1
             continue

@@ -42,16 +42,18 @@ class ImageError(ValueError):
     """An input image or mask that cannot be used; the message names the file."""
 
 
-def image_inputs(path: str | Path, output: str | Path | None = None) -> list[Path]:
-    """What a user names as input: the image file itself, or every image under the folder except those under
-    `output` (an output folder inside the input folder: a rerun must not take its outputs for inputs)."""
+def image_inputs(path: str | Path, *exclude: str | Path | None) -> list[Path]:
+    """What a user names as input: the image file itself, or every image under the folder except those under a
+    folder of `exclude` that lies inside it (an output or preview folder inside the input folder: a rerun must
+    not take what it wrote for inputs)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.exists():
         raise ImageError(f"{path}: no such file or folder")
-    outputs = None if output is None else Path(output).resolve()
-    return [image for image in list_images(path) if outputs is None or outputs not in image.resolve().parents]
+    root = path.resolve()
+    inside = [folder for folder in (Path(f).resolve() for f in exclude if f is not None) if root in folder.parents]
+    return [image for image in list_images(path) if not any(folder in image.resolve().parents for folder in inside)]
 
 
 def input_root(path: str | Path) -> Path:
@@ -68,12 +70,22 @@ def refuse_input_as_output(input: str | Path, output: str | Path) -> None:
         raise ImageError(f"{output}: is the input {what}. Choose another --output")
 
 
+def refuse_writing_over(outputs: Iterable[str | Path], kept: Iterable[str | Path]) -> None:
+    """An ImageError naming both files where an output path is one of the user's files in `kept` (inputs, masks)."""
+    originals = {Path(path).resolve(): Path(path) for path in kept}
+    for output in outputs:
+        if (original := originals.get(Path(output).resolve())) is not None:
+            raise ImageError(f"{output}: would replace the input {original}. Choose another --output or --preview")
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """All image files under `folder`, searched recursively, in a stable order."""
+    """All image files under `folder`, searched recursively, in a stable order; hidden files and folders (a name
+    starting with ".": thumbnails, macOS's `._` files) are not images of the user's."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a directory")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def check_unique_stems(paths: Iterable[Path], root: str | Path | None = None) -> None:
