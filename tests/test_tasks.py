@@ -13,7 +13,7 @@ from PIL import Image
 from palette.imageio import load_image, pil_to_tensor
 from palette.masks import centre_box_mask, load_mask, save_mask, uncropping_mask
 from palette.jpeg import jpeg_roundtrip, low_pass, sample_jpeg_quality
-from palette.tasks import TASKS, Degraded, get_task, luma, source_estimate
+from palette.tasks import TASKS, Degraded, get_task, inpaint_fill, luma, source_estimate
 
 
 def rng(seed: int) -> np.random.Generator:
@@ -241,3 +241,14 @@ def test_simulated_user_input_round_trips_to_the_training_condition(tmp_path, na
         assert torch.allclose(from_input.condition, expected.condition, atol=0.5 / 127.5 + 1e-6, rtol=0)
         if name != "colorization":
             assert torch.equal(from_input.condition, expected.condition)
+
+
+@pytest.mark.parametrize("method", ["navier_stokes", "telea"])
+def test_the_opencv_fill_of_a_one_row_image_is_the_same_at_every_call(method):
+    image = torch.linspace(-1, 1, 120).reshape(3, 1, 40)
+    mask = torch.zeros(1, 1, 40)
+    mask[..., :20] = 1
+    fills = [inpaint_fill(image, mask, method) for _ in range(20)]  # OpenCV alone gave two fills, in turn
+    assert all(torch.equal(fill, fills[0]) for fill in fills) and fills[0].shape == image.shape
+    assert torch.allclose(fills[0][..., 20:], image[..., 20:], atol=1 / 127.5)  # the known pixels, in 8 bits
+    assert fills[0][..., :20].std() < image.std()  # the hole filled from its one known side

@@ -68,9 +68,13 @@ def inpaint_fill(image: torch.Tensor, mask: torch.Tensor, method: Literal["navie
 
     pixels = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     holes = (mask.detach().cpu()[0] > 0.5).to(torch.uint8).numpy() * 255
+    rows = pixels.shape[1]
+    if rows == 1:  # OpenCV reads past a one-row image (another fill at each call): it gets the row three times
+        pixels, holes = pixels.expand(-1, 3, -1), np.repeat(holes, 3, axis=0)
     flag = cv2.INPAINT_NS if method == "navier_stokes" else cv2.INPAINT_TELEA
     filled = cv2.inpaint(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()), holes, 3, flag)
-    return torch.from_numpy(filled).permute(2, 0, 1).float().to(image.device) / 127.5 - 1
+    filled = filled[1:2] if rows == 1 else filled
+    return torch.from_numpy(np.ascontiguousarray(filled)).permute(2, 0, 1).float().to(image.device) / 127.5 - 1
 
 
 @dataclass(frozen=True)
