@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .tiling import Preview, TileGrid, WindowSampler, resize, scaled_size, shrink_mask, tile_origins
 
-# A window must be able to hold known and unknown pixels side by side; the outward plan's are at least this wide.
+# A window must hold known and unknown pixels side by side: the outward plan's are at least this wide.
 MIN_OUTWARD_SIDE = 8
 
 
@@ -69,13 +69,15 @@ def hole_windows(unknown: torch.Tensor, margin: int, context: float) -> list[Box
 def outward_windows(unknown: torch.Tensor, min_known: float = 0.5) -> Iterator[Box]:
     """Windows, each filling the most unknown pixels while at least `min_known` of it is known.
 
-    `unknown` [H, W] is read again before each window, so the caller marks what a window filled. A window is
-    square, its side the known region's long side and at least MIN_OUTWARD_SIDE px, cut to the image (a strip one
-    pixel high gets windows one pixel high). When no window is known enough, the best-known one goes.
+    `unknown` [H, W] is read again before each window, so the caller marks what a window filled. A window is a
+    square whose side is the known region's long side, within the image; where that is under MIN_OUTWARD_SIDE px
+    (a tiny known region, a strip one pixel high), it grows to that side as far as the image allows. When no
+    window is known enough, the best-known one goes.
     """
     height, width = unknown.shape
     rows, cols = torch.nonzero(~unknown, as_tuple=True)
-    side = max(MIN_OUTWARD_SIDE, int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1)
+    side = max(MIN_OUTWARD_SIDE, min(height, width, max(int(rows.max() - rows.min()) + 1,
+                                                        int(cols.max() - cols.min()) + 1)))
     window_height, window_width = min(height, side), min(width, side)
     tops = torch.tensor(tile_origins(height, window_height, window_height - max(1, window_height // 8)))
     lefts = torch.tensor(tile_origins(width, window_width, window_width - max(1, window_width // 8)))
