@@ -64,6 +64,15 @@ def test_same_seed_same_bytes_and_another_seed_other_masks(clean_dir, tmp_path):
     assert any(first[key] != other[key] for key in masks)
 
 
+def test_a_rerun_into_the_input_folder_does_not_degrade_its_own_outputs(clean_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    degrade_folder("inpainting", clean_dir, elsewhere, seed=3, size=32)
+    for run in range(2):
+        assert degrade_folder("inpainting", clean_dir, clean_dir, seed=3, size=32) == 3
+    written = {key: value for key, value in files(clean_dir).items() if "/" in key}
+    assert written == files(elsewhere)  # the same three examples, no inputs/inputs/, no mask drawn anew
+
+
 def test_one_file_degrades_as_the_first_of_a_folder_and_leaves_no_temporary_file(clean_dir, tmp_path):
     degrade_folder("inpainting", clean_dir, tmp_path / "folder", seed=3, size=32)
     assert degrade_folder("inpainting", clean_dir / "a.png", tmp_path / "one", seed=3, size=32) == 1

@@ -54,7 +54,7 @@ def degrade_folder(
     if size is not None and size < 1:
         raise ValueError(f"size must be positive, got {size}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    paths = image_inputs(input_dir, output_dir)
+    paths = image_inputs(input_dir, *(output_dir / folder for folder in ("inputs", "masks", "targets")))
     root = input_root(input_dir)
     check_unique_stems(paths, root=root)
     written = 0
