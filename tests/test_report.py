@@ -54,6 +54,23 @@ def test_tables_follow_the_paper_layout(result_files, tmp_path):
     assert "![metrics](report.png)" in text
 
 
+def test_the_report_replaces_neither_its_inputs_nor_another_file_of_its_charts_name(result_files, tmp_path):
+    from palette.imageio import ImageError
+
+    kept = {path: path.read_bytes() for path in result_files}
+    with pytest.raises(ImageError, match="palette.json: would replace the input"):
+        render_report(result_files, result_files[0])
+    photo = tmp_path / "targets" / "astronaut.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (4, 4)).save(photo)
+    with pytest.raises(ValueError, match=r"astronaut\.png: exists, and the report's chart beside"):
+        render_report(result_files, tmp_path / "targets" / "astronaut.md")
+    assert {path: path.read_bytes() for path in kept} == kept and Image.open(photo).size == (4, 4)
+    out = render_report(result_files, tmp_path / "report.md")
+    assert render_report(result_files, out) == out  # a rerun replaces its own report and chart
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
 def test_without_matplotlib_the_chart_is_reported_as_skipped(result_files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)

@@ -75,7 +75,7 @@ def refuse_writing_over(outputs: Iterable[str | Path], kept: Iterable[str | Path
     originals = {Path(path).resolve(): Path(path) for path in kept}
     for output in outputs:
         if (original := originals.get(Path(output).resolve())) is not None:
-            raise ImageError(f"{output}: would replace the input {original}. Choose another --output or --preview")
+            raise ImageError(f"{output}: would replace the input {original}; choose another output")
 
 
 def list_images(folder: str | Path) -> list[Path]:

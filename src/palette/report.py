@@ -20,6 +20,8 @@ from typing import Any
 
 from .baselines import BASELINE_LABELS, BASELINES, NLMEANS_STRENGTH
 from .evaluate import headline_value
+from .files import ensure_folder, write_atomic
+from .imageio import refuse_writing_over
 
 # (header, metric, format); CA is stored as a fraction and shown in percent like the paper.
 QUALITY_COLUMNS = (
@@ -115,8 +117,8 @@ def _bar_chart(runs: Sequence[_Run], path: Path) -> Path | None:
         axes.bar(range(len(runs)), [math.nan if v is None else v for v in values], color="tab:blue")
         axes.set_xticks(range(len(runs)), labels, rotation=30, ha="right", fontsize=7)
         axes.set_title(("diversity " if metric.startswith("diversity_") else "") + header, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    ensure_folder(path)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     return path
 
 
@@ -127,6 +129,11 @@ def render_report(result_files: Sequence[str | Path], out: str | Path) -> Path:
     runs = [run for path in result_files for run in _load_runs(path)]
     out = Path(out)
     sources = [Path(path) for path in result_files]
+    chart_path = out.with_suffix(".png")
+    refuse_writing_over([out, chart_path], sources)
+    if chart_path.exists() and not out.exists():  # a rerun replaces its own chart, never another file
+        raise ValueError(f"{chart_path}: exists, and the report's chart beside {out} would replace it; "
+                         "choose another --out")
     names = [source.name for source in sources]
     if len(set(names)) < len(names):  # validate.sh writes <set>/<model>.json: name the folder too
         names = [f"{source.parent.name}/{source.name}" for source in sources]
@@ -171,9 +178,9 @@ def render_report(result_files: Sequence[str | Path], out: str | Path) -> Path:
                          f"sha256 {found['sha256'][:12]}…")
         lines += [f"- {run.model} ({run.task}): {note}" for note in run.results.get("notes", [])]
 
-    chart = _bar_chart(runs, out.with_suffix(".png"))
+    chart = _bar_chart(runs, chart_path)
     lines += ["", f"![metrics]({chart.name})" if chart else
               "Bar chart skipped: matplotlib is not installed (pip install 'palette[report]')."]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    ensure_folder(out)
+    write_atomic(out, lambda temporary: temporary.write_text("\n".join(lines) + "\n"))
     return out
