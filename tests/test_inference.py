@@ -213,9 +213,9 @@ def test_export_of_several_checkpoints_is_the_mean_of_their_weights(random_tiny_
     from palette.cli import main
 
     state, config = load_weights(random_tiny_model)
-    branch = tmp_path / "branch.safetensors"  # the same network with dropout: a branch trained with it
+    branch = tmp_path / "branch.safetensors"  # the same network with dropout and gradient checkpointing
     save_weights(branch, {k: 3 * v + 1 for k, v in state.items()},
-                 replace(config, network=replace(config.network, dropout=0.1)))
+                 replace(config, network=replace(config.network, dropout=0.1, gradient_checkpointing=True)))
     out = tmp_path / "soup.safetensors"
     main(["export", "--checkpoint", str(random_tiny_model), "--checkpoint", str(branch), "--out", str(out), "--fp32",
           "--set", "sampling.steps=7"])

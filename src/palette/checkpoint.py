@@ -360,7 +360,8 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
 
 
 def architecture(config: Config) -> tuple[NetworkConfig, DiffusionConfig]:
-    """What two checkpoints must share to be averaged, or to guide one another: the network (dropout and mask
-    input aside) and the diffusion settings (the loss's rebalancing aside, which sampling does not see)."""
-    return (replace(config.network, dropout=0.0, mask_input=False),
+    """What two checkpoints must share to be averaged, or to guide one another: the network (dropout, mask input
+    and gradient checkpointing aside, which leave the tensors as they are) and the diffusion settings (the loss's
+    rebalancing aside, which sampling does not see)."""
+    return (replace(config.network, dropout=0.0, mask_input=False, gradient_checkpointing=False),
             replace(config.diffusion, residual_rebalance={}))
