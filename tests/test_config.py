@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from palette.config import (NETWORK_PRESETS, ConfigError, NetworkConfig, config_from_dict, config_to_dict,
-                            load_config, save_config)
+from palette.config import (NETWORK_PRESETS, ConfigError, NetworkConfig, apply_overrides, config_from_dict,
+                            config_to_dict, load_config, save_config)
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -100,6 +100,42 @@ def test_bad_override_and_file_errors(tmp_path):
     bad.write_text("train: {steps: [}")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("key, text, shown", [
+    ("train.lr", ".inf", "inf"),
+    ("train.grad_clip", ".nan", "nan"),
+    ("train.weight_decay", ".inf", "inf"),
+    ("network.dropout", ".nan", "nan"),
+    ("sampling.hole_colour_depth", ".inf", "inf"),
+    ("diffusion.residual_scale.jpeg", ".inf", "inf"),
+    ("data.tasks.jpeg", ".nan", "nan"),
+    ("data.crop_scale", "[0.5, .nan]", "nan"),
+])
+def test_infinite_and_nan_numbers_name_the_key(key, text, shown):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f"{key}={text}"])
+    assert str(error.value) == f"{key}: must be a finite number, got {shown}"
+
+
+def test_an_override_below_a_number_names_it_and_an_empty_section_is_the_defaults(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["train.steps=5", "train.steps.x=1"])
+    assert str(error.value) == "override 'train.steps.x=1': train.steps is not a section"
+    resumed = config_to_dict(load_config(None))  # what `palette train --resume RUN --set ...` overrides
+    with pytest.raises(ConfigError, match="^override 'train.steps.x=1': train.steps is not a section$"):
+        apply_overrides(resumed, ["train.steps.x=1"])
+    with pytest.raises(ConfigError, match="^override 'train.x.y=1': train is not a section$"):
+        apply_overrides({"train": 3}, ["train.x.y=1"])
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("train:\nsampling:\n")
+    assert load_config(empty) == load_config(None)
+    assert load_config(empty, ["train.steps=1", "sampling.task_steps.jpeg=5"]) == \
+        load_config(None, ["train.steps=1", "sampling.task_steps.jpeg=5"])
+    values = {"sampling": {"task_steps": {"jpeg": 5}}}
+    assert apply_overrides(values, ["sampling.task_steps.inpainting=7"]) == \
+        {"sampling": {"task_steps": {"jpeg": 5, "inpainting": 7}}}
+    assert values == {"sampling": {"task_steps": {"jpeg": 5}}}  # the caller's mappings are left as they are
 
 
 def test_residual_scales_name_registered_tasks_and_are_positive():

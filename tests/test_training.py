@@ -113,6 +113,37 @@ def test_a_resumed_run_prunes_what_a_kill_before_pruning_left(tiny_config, tmp_p
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000003", "step_00000006"]
 
 
+def test_resuming_with_a_network_the_checkpoint_does_not_fit_is_one_line(tiny_config, tmp_path, capsys):
+    from palette.cli import main
+
+    train(tiny_config, tmp_path / "run", progress=False)
+    old = _contents(tmp_path / "run")
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--resume", str(tmp_path / "run"), "--set", "network.base_channels=32"])
+    [line] = capsys.readouterr().err.splitlines()
+    assert stopped.value.code == 2
+    assert line.startswith(f"palette train: error: {tmp_path / 'run/checkpoints/step_00000006/model.safetensors'}: "
+                           f"weights do not fit this network")
+    assert line.endswith("; this config changes network.base_channels 16 -> 32")
+    assert _contents(tmp_path / "run") == old
+
+
+@pytest.mark.parametrize("steps", [4, 6])
+def test_resuming_a_run_at_or_past_its_steps_says_so_and_changes_nothing(tiny_config, tmp_path, capsys, steps):
+    train(tiny_config, tmp_path / "run", progress=False)
+    old = _contents(tmp_path / "run")
+    capsys.readouterr()
+    shorter = replace(tiny_config, train=replace(tiny_config.train, steps=steps))
+    result = train(shorter, tmp_path / "run", resume=True, progress=False)
+    assert capsys.readouterr().out == f"palette: {tmp_path / 'run'} is already at step 6 of train.steps={steps}; " \
+        "nothing to do (raise train.steps to train on)\n"
+    assert _contents(tmp_path / "run") == old  # config.yaml still says steps: 6
+    assert "  steps: 6\n" in (tmp_path / "run" / "config.yaml").read_text()
+    assert result.checkpoint == tmp_path / "run" / "checkpoints" / "step_00000006"
+    state = read_checkpoint(result.checkpoint)
+    assert all(torch.equal(value, state["ema"][name]) for name, value in result.ema.state_dict().items())
+
+
 @pytest.mark.parametrize("marker", RUN_FILES)
 def test_a_fresh_run_refuses_a_directory_holding_a_run(tiny_config, tmp_path, marker):
     (tmp_path / "run").mkdir()

@@ -9,6 +9,7 @@ Unknown keys and invalid values raise ConfigError, naming the key and the allowe
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -241,8 +242,21 @@ _SAMPLING_RANGES = {"steps": (f"from 1 to {MAX_STEPS}", lambda value, last: 1 <=
                     "hole_colour_depth": ("0 (off) or more", lambda value, last: value >= 0)}
 
 
+def _check_finite(values: Any, key: str) -> None:
+    """Refuse inf and NaN anywhere in the (plain, nested) config: NaN slips past every `value < 0` check."""
+    if isinstance(values, dict):
+        for name, value in values.items():
+            _check_finite(value, f"{key}.{name}" if key else name)
+    elif isinstance(values, list):
+        for value in values:
+            _check_finite(value, key)
+    elif isinstance(values, float) and not math.isfinite(values):
+        raise ConfigError(f"{key}: must be a finite number, got {values}")
+
+
 def _validate(config: Config) -> Config:
     """Ranges and cross-field checks that a single annotation cannot express."""
+    _check_finite(config_to_dict(config), "")
     for key in _POSITIVE + _NON_NEGATIVE:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -323,19 +337,24 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` strings (values parsed as YAML) to nested mappings."""
-    values = {k: dict(v or {}) if isinstance(v, dict) else v for k, v in values.items()}
+    """Apply `section.key=value` strings (values parsed as YAML) to nested mappings; an empty section (None, as
+    YAML reads `train:` alone) is an empty mapping. `values` itself is left as it is."""
+    values = {k: {} if v is None else v for k, v in values.items()}
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"override {override!r}: expected section.key=value")
-        section, _, name = key.partition(".")
+        section = key.partition(".")[0]
         if section not in {f.name for f in dataclasses.fields(Config)}:
             raise ConfigError(f"override {override!r}: unknown section {section!r}")
-        target = values.setdefault(section, {})
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
+        target = values
+        *parents, leaf = key.split(".")
+        for depth, parent in enumerate(parents, 1):
+            child = target.get(parent)
+            if child is not None and not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {'.'.join(parents[:depth])} is not a section")
+            target[parent] = dict(child or {})  # a copy: the caller's mappings stay as they are
+            target = target[parent]
         target[leaf] = yaml.safe_load(text) if text else ""  # `key=` is the empty string
     return values
 

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +237,20 @@ def _memory_advice(config: Config, step: int, device: torch.device) -> Iterator[
         ) from error
 
 
+def _load_run_weights(net: PaletteNet, ema: PaletteNet, state: dict, folder: Path, config: Config) -> None:
+    """Load a resumed run's raw and EMA weights; where they do not fit, the CheckpointError also names the network
+    settings that `config` changes from the checkpoint's."""
+    try:
+        load_state(net, state["model"], folder / "model.safetensors")
+        load_state(ema, state["ema"], folder / "ema.safetensors")
+    except CheckpointError as error:
+        old, new = asdict(state["config"].network), asdict(config.network)
+        changed = [f"network.{name} {value} -> {new[name]}" for name, value in old.items() if value != new[name]]
+        if not changed:
+            raise
+        raise CheckpointError(f"{error}; this config changes {', '.join(changed)}") from error
+
+
 def _preview(model: Model, items: list[dict[str, torch.Tensor]], names: list[str], path: Path) -> None:
     """A grid with one row per example: condition | sample | target."""
     condition = [i["condition"] for i in items]
@@ -259,7 +273,8 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
 
     A fresh run into a directory that holds a run raises RunDirectoryError, unless `overwrite` moves the old run
     aside (see `prepare_run_dir`). A resumed run drops log lines past its checkpoint and what a kill left half
-    written before it goes on. Out of device memory raises TrainingOutOfMemory, naming what to lower.
+    written before it goes on; one already at `train.steps` says so and returns its weights, config.yaml
+    untouched. Out of device memory raises TrainingOutOfMemory, naming what to lower.
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -293,11 +308,15 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False, over
             load_state(net, with_mask_input(initial, config.network), weights)
             ema.load_state_dict(net.state_dict())
         if state is not None:
-            net.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
+            _load_run_weights(net, ema, state, folder, config)
             start = state["step"]
         net.to(device)
         ema.to(device).eval()
+        if start >= settings.steps:  # a finished run resumed: its config.yaml stays the one it trained with
+            if rank == 0:
+                print(f"palette: {run_dir} is already at step {start} of train.steps={settings.steps}; nothing to do "
+                      f"(raise train.steps to train on)")
+            return TrainResult(folder, net, ema)
         optimizer = make_optimizer(net, config, device)
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
