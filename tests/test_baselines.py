@@ -139,3 +139,39 @@ def test_evaluate_scores_the_input_and_opencv_beside_the_model(image_folder, tmp
     main(common + ["--task", "inpainting_centre", "--out", str(tmp_path / "named.json")])  # a set's name: no methods
     assert list(json.loads((tmp_path / "named.json").read_text())["baselines"]) == ["input"]
     assert "(--task inpainting|uncropping|jpeg adds OpenCV's rows)" in capsys.readouterr().out
+
+
+def test_baseline_rows_skip_diversity_that_the_model_row_gets(image_folder, tmp_path, capsys):
+    """Two samples per input: the model row measures diversity; each one-sample baseline row skips it."""
+    degrade_folder("inpainting", image_folder, tmp_path / "set", size=32, mask_kind="centre")
+    inputs, targets, masks = (tmp_path / "set" / name for name in ("inputs", "targets", "masks"))
+    (tmp_path / "mine").mkdir()
+    for k, method in enumerate(("telea", "navier_stokes")):  # sample 0 is Telea's, sample 1 Navier-Stokes'
+        for path in baseline_folder("inpainting", method, inputs, tmp_path / method, mask_dir=masks):
+            path.rename(tmp_path / "mine" / f"{path.stem}_{k}.png")
+    main(["evaluate", "--pred", str(tmp_path / "mine"), "--target", str(targets), "--input", str(inputs),
+          "--task", "inpainting", "--metrics", "psnr,diversity", "--out", str(tmp_path / "ev.json")])
+    results = json.loads((tmp_path / "ev.json").read_text())
+    assert (results["num_images"], results["samples_per_input"]) == (3, 2)
+    assert list(results["metrics"]) == ["psnr", "diversity_ssim"]
+    assert 0.5 < results["metrics"]["diversity_ssim"]["mean"] < 1  # the two fills differ only in the hole
+    rows = results["baselines"]
+    assert list(rows) == ["input", "telea", "navier_stokes"]
+    assert rows["telea"]["metrics"] == {"psnr": results["metrics"]["psnr"]}
+    for row in rows.values():
+        assert (row["samples_per_input"], list(row["metrics"])) == (1, ["psnr"])
+        assert list(row["skipped"]) == ["diversity_ssim", "diversity_lpips"]
+        assert all(reason.endswith("needs >= 2 samples per input (<stem>_0.png, <stem>_1.png, ...); found 1")
+                   for reason in row["skipped"].values())
+    assert "| OpenCV Navier-Stokes |" in capsys.readouterr().out
+
+
+def test_a_rerun_with_the_output_inside_the_input_folder_reads_only_the_inputs(image_folder, tmp_path, capsys):
+    degrade_folder("jpeg", image_folder, tmp_path / "set", size=32, quality=10)
+    inputs = tmp_path / "set" / "inputs"
+    names = ["image0.png", "image1.png", "image2.png"]
+    for _ in range(2):
+        main(["baseline", "--task", "jpeg", "--method", "nlmeans", "--input", str(inputs),
+              "--output", str(inputs / "nlm")])
+        assert "wrote 3 image(s)" in capsys.readouterr().out
+    assert sorted(path.relative_to(inputs / "nlm").as_posix() for path in (inputs / "nlm").rglob("*")) == names

@@ -225,6 +225,22 @@ def test_unknown_task_is_refused(capsys):
     assert "deblur" in capsys.readouterr().err
 
 
+def test_evaluate_names_a_bad_device_or_weights_file_in_one_line(tmp_path, capsys):
+    write_images(tmp_path / "targets", count=2, size=16)
+    (tmp_path / "junk.pth").write_bytes(b"not weights\n")
+    argv = ["evaluate", "--pred", str(tmp_path / "targets"), "--target", str(tmp_path / "targets"),
+            "--out", str(tmp_path / "ev.json")]
+    cases = {("--device", "gpu"): "--device gpu: not a device name (e.g. cpu, cuda, cuda:1)",
+             ("--metrics", "fid", "--inception-weights", str(tmp_path / "junk.pth")):
+                 f"{tmp_path / 'junk.pth'}: not a weights file safetensors or torch can read (--inception-weights: "
+                 "the FID Inception-v3 weights (TF 2015-12-05 graph))"}
+    if not torch.cuda.is_available():
+        cases[("--device", "cuda")] = "--device cuda: CUDA is not available on this machine; use --device cpu"
+    for flags, message in cases.items():
+        assert _error(capsys, argv + list(flags)) == f"palette evaluate: error: {message}\n"
+        assert not (tmp_path / "ev.json").exists()
+
+
 def test_unknown_config_key_is_named(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("train:\n  stpes: 10\n")

@@ -266,6 +266,35 @@ def test_a_requested_metric_without_weights_names_the_flag_and_file(folders, tmp
         ev.evaluate_folders(folders / "noisy", folders / "targets", metrics=["fdi"])
 
 
+# A metric that loads each kind of weights (ca also reads the labels).
+WEIGHTS_USES = {"inception": ["fid"], "resnet50": ["ca"], "inception_v1": ["pd"], "lpips": ["diversity_lpips"]}
+
+
+@pytest.mark.parametrize(("kind", "first_missing"), [
+    ("inception", "Conv2d_1a_3x3.conv.weight"), ("resnet50", "conv1.weight"), ("inception_v1", "conv1.conv.weight"),
+    ("lpips", "features.0.weight")])
+def test_a_weights_file_that_does_not_load_names_the_file_and_the_flag(folders, tmp_path, kind, first_missing):
+    """A file torch.load fails on (UnpicklingError, KeyError ...) and another network's safetensors: one line each,
+    the misfit cut to 120 characters."""
+    from safetensors.torch import save_file
+
+    junk, other = tmp_path / "junk.pth", tmp_path / "other.safetensors"
+    junk.write_bytes(b"not weights\n")
+    save_file({"conv.weight": torch.zeros(1, 1, 1, 1)}, str(other))
+    (tmp_path / "labels.txt").write_text("img0 7\nimg1 7\nimg2 3\nimg3 3\n")
+    spec = metrics.WEIGHTS_KINDS[kind]
+    assert spec.flag == f"--{kind.replace('_', '-')}-weights"
+    unreadable, misfit = "not a weights file safetensors or torch can read", "does not fit the network"
+    for path, words in ((junk, unreadable), (other, misfit)):
+        with pytest.raises(ValueError) as error:
+            ev.evaluate_folders(folders / "noisy", folders / "targets", metrics=WEIGHTS_USES[kind],
+                                labels=tmp_path / "labels.txt", **{f"{kind}_weights": path})
+        head = f"{path}: {words} ({spec.flag}: {spec.description})"
+        assert str(error.value).startswith(head) and "\n" not in str(error.value)
+    detail = str(error.value).removeprefix(head + ": ")
+    assert detail.startswith(f'Missing key(s) in state_dict: "{first_missing}", ') and len(detail) <= 120
+
+
 def test_unmatched_files_are_named(folders, tmp_path):
     save_image(torch.zeros(3, 8, 8), tmp_path / "pred" / "img0.png")
     save_image(torch.zeros(3, 8, 8), tmp_path / "pred" / "stray_3.png")

@@ -111,14 +111,15 @@ def baseline_folder(task: str, method: BaselineMethod, input_dir: str | Path, ou
                     mask_dir: str | Path | None = None) -> list[Path]:
     """Run `method` over a `palette degrade` folder: inputs `<stem>.png|.jpg`, masks `<stem>.png` (white = fill).
 
-    Writes `output_dir/<stem>.png` for every input (subfolders kept) and returns the paths written.
+    Writes `output_dir/<stem>.png` for every input (subfolders kept, but not the output and mask folders) and
+    returns the paths written.
     """
     check_method(task, method)
     refuse_input_as_output(input_dir, output_dir)
     if (method in INPAINTING_METHODS) != (mask_dir is not None):
         raise ValueError(f"{method} needs a mask folder (--mask)" if method in INPAINTING_METHODS
                          else f"{method} takes no mask folder")
-    inputs = keyed_images(input_dir)
+    inputs = keyed_images(input_dir, output_dir, mask_dir)  # a rerun must not take its outputs for inputs
     if not inputs:
         raise ValueError(f"{input_dir}: no images")
     written = []
@@ -136,23 +137,30 @@ def evaluate_baselines(task: str | None, input_dir: str | Path, target_dir: str 
     """What a user already has, scored as a model is: the degraded input itself and each OpenCV method of `task`.
 
     Keys are BASELINE_LABELS' keys ("input", "telea", ...), values evaluate_folders' results; `options` are its
-    metric options (metrics, weights, device, batch_size, labels). For a name that is not a task's (none, or a set's
-    name a report groups by) only the input is scored. The hole-filling methods take the masks from `masks_dir`,
-    by default `palette degrade`'s masks/ beside the inputs.
+    metric options (metrics, weights, device, batch_size, labels). Each row has one sample per input, so requested
+    diversity metrics land in its `skipped`. For a name that is not a task's (none, or a set's name a report groups
+    by) only the input is scored. The hole-filling methods take the masks from `masks_dir`, by default
+    `palette degrade`'s masks/ beside the inputs.
     """
-    from .evaluate import evaluate_folders
+    from .evaluate import evaluate_folders, one_sample_metrics
 
     masks = Path(masks_dir) if masks_dir is not None else Path(input_dir).parent / "masks"
     methods = BASELINES.get(task, ())
     if any(method in INPAINTING_METHODS for method in methods) and not masks.is_dir():
         raise ValueError(f"{masks}: no masks folder; OpenCV's {task} baselines need the masks of {input_dir}")
-    rows = {"input": evaluate_folders(input_dir, target_dir, input_dir=input_dir, masks_dir=masks_dir, model="input",
-                                      task=task, **options)}
+    metrics, diversity_skipped = one_sample_metrics(options.pop("metrics", None))
+
+    def score(pred_dir: str | Path, model: str) -> dict[str, Any]:
+        row = evaluate_folders(pred_dir, target_dir, input_dir=input_dir, masks_dir=masks_dir, model=model, task=task,
+                               metrics=metrics, **options)
+        row["skipped"].update(diversity_skipped)
+        return row
+
+    rows = {"input": score(input_dir, "input")}
     with tempfile.TemporaryDirectory() as scratch:
         for method in methods:
             baseline_folder(task, method, input_dir, Path(scratch) / method,
                             mask_dir=masks if method in INPAINTING_METHODS else None)
-            rows[method] = evaluate_folders(Path(scratch) / method, target_dir, input_dir=input_dir,
-                                            masks_dir=masks_dir, model=method, task=task, **options)
+            rows[method] = score(Path(scratch) / method, method)
             rows[method]["pred_dir"] = None  # the outputs were scratch files, not kept
     return rows

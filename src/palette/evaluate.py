@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import check_device
 from .imageio import load_image
 from .masks import load_mask
 from .metrics.distribution import (IS_SPLITS, KID_SUBSETS, feature_statistics, fid_from_features, frechet_distance,
@@ -34,21 +35,19 @@ from .metrics.distribution import (IS_SPLITS, KID_SUBSETS, feature_statistics, f
                                    save_reference_stats)
 from .metrics.folders import (FolderMismatchError, ImagePair, image_sizes, keyed_images, known_region_dirs,
                               match_predictions, pair_class_ids)
-from .metrics.networks import (FID_INCEPTION_SHA256_PREFIX, NETWORK_BUILDERS, PROXY_INCEPTION_SEED,
-                               MissingWeightsError, WeightsFile, fid_inception, find_weights, imagenet_input,
-                               load_state_dict_file, random_fid_inception_state, run_by_size, weights_hint)
+from .metrics.networks import (FID_INCEPTION_SHA256_PREFIX, PROXY_INCEPTION_SEED, MissingWeightsError, WeightsFile,
+                               fid_inception, find_weights, imagenet_input, load_network, random_fid_inception_state,
+                               run_by_size, weights_hint)
 from .metrics.pixel import colourfulness, l1_error, psnr, ssim
 from .metrics.swd import SWD_SETTINGS, SlicedWassersteinCollector
 
+DIVERSITY_METRICS = ("diversity_ssim", "diversity_lpips")  # they compare the samples of one input
+TOO_FEW_SAMPLES = "needs >= 2 samples per input (<stem>_0.png, <stem>_1.png, ...); found {}"
 # Every metric, in the order tables list them.
-METRIC_NAMES = (
-    "l1", "psnr", "ssim", "colourfulness", "colourfulness_ratio", "known_region_l1", "swd",
-    "fid_proxy_random_inception", "fid", "fid_reference", "is", "kid", "pd", "ca", "diversity_ssim",
-    "diversity_lpips",
-)
-METRIC_ALIASES = {"diversity": ("diversity_ssim", "diversity_lpips"), "lpips": ("diversity_lpips",)}
-PER_IMAGE_METRICS = ("l1", "psnr", "ssim", "colourfulness", "known_region_l1", "pd", "ca", "diversity_ssim",
-                     "diversity_lpips")
+METRIC_NAMES = ("l1", "psnr", "ssim", "colourfulness", "colourfulness_ratio", "known_region_l1", "swd",
+                "fid_proxy_random_inception", "fid", "fid_reference", "is", "kid", "pd", "ca", *DIVERSITY_METRICS)
+METRIC_ALIASES = {"diversity": DIVERSITY_METRICS, "lpips": ("diversity_lpips",)}
+PER_IMAGE_METRICS = ("l1", "psnr", "ssim", "colourfulness", "known_region_l1", "pd", "ca", *DIVERSITY_METRICS)
 
 
 def _to_unit(image: torch.Tensor) -> torch.Tensor:
@@ -110,9 +109,8 @@ def _missing_requirements(metric: str, setup: _Setup) -> tuple[bool, list[str]]:
     if metric == "ca":
         need_weights("resnet50")
         need(setup.labels is not None, "needs ImageNet labels: pass --labels FILE (stem -> class id)")
-    if metric.startswith("diversity_"):
-        need(setup.samples_per_input >= 2, "needs >= 2 samples per input (<stem>_0.png, <stem>_1.png, ...); "
-                                           f"found {setup.samples_per_input}")
+    if metric in DIVERSITY_METRICS:
+        need(setup.samples_per_input >= 2, TOO_FEW_SAMPLES.format(setup.samples_per_input))
     if metric == "diversity_lpips":
         need_weights("lpips")
     if metric == "swd":
@@ -120,6 +118,31 @@ def _missing_requirements(metric: str, setup: _Setup) -> tuple[bool, list[str]]:
     if metric == "known_region_l1":
         need(setup.known_region is not None, "needs --input DIR and masks (DIR/../masks or masks_dir)")
     return any(is_weights for is_weights, _ in lacks), [message for _, message in lacks]
+
+
+def _requested(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(explicit, implied): the metrics that `names` ask for and those an alias only implies."""
+    explicit, implied = [], []
+    for name in (n.strip().lower() for n in names if n.strip()):
+        if name in METRIC_ALIASES:  # "diversity": SSIM surely, LPIPS when its weights are there
+            first, *rest = METRIC_ALIASES[name]
+            explicit.append(first)
+            implied += rest
+        elif name in METRIC_NAMES:
+            explicit.append(name)
+        else:
+            choices = ", ".join(METRIC_NAMES + tuple(METRIC_ALIASES))
+            raise ValueError(f"unknown metric {name!r}; choose from {choices}")
+    return explicit, implied
+
+
+def one_sample_metrics(requested: Sequence[str] | None) -> tuple[list[str] | None, dict[str, str]]:
+    """The metrics of `requested` that a run with one sample per input (a baseline's) computes, and those it skips."""
+    if requested is None:
+        return None, {}
+    explicit, implied = _requested(requested)
+    skipped = {name: TOO_FEW_SAMPLES.format(1) for name in DIVERSITY_METRICS if name in explicit + implied}
+    return [name for name in explicit if name not in skipped], skipped
 
 
 def _select_metrics(requested: Sequence[str] | None, setup: _Setup) -> tuple[list[str], dict[str, str]]:
@@ -130,17 +153,7 @@ def _select_metrics(requested: Sequence[str] | None, setup: _Setup) -> tuple[lis
         implied += ["known_region_l1"] if setup.known_region is not None else []
         explicit: list[str] = []
     else:
-        explicit, implied = [], []
-        for name in (n.strip().lower() for n in requested if n.strip()):
-            if name in METRIC_ALIASES:  # "diversity": SSIM surely, LPIPS when its weights are there
-                first, *rest = METRIC_ALIASES[name]
-                explicit.append(first)
-                implied += rest
-            elif name in METRIC_NAMES:
-                explicit.append(name)
-            else:
-                choices = ", ".join(METRIC_NAMES + tuple(METRIC_ALIASES))
-                raise ValueError(f"unknown metric {name!r}; choose from {choices}")
+        explicit, implied = _requested(requested)
     selected, skipped = [], {}
     for name in METRIC_NAMES:
         if name not in explicit and name not in implied:
@@ -168,7 +181,7 @@ def _load_networks(selected: Sequence[str], weights: Mapping[str, WeightsFile | 
     networks, used = {}, {}
     for kind, needed in wanted.items():
         if needed:
-            networks[kind] = NETWORK_BUILDERS[kind](load_state_dict_file(weights[kind].path)).to(device)
+            networks[kind] = load_network(kind, weights[kind].path).to(device)
             used[kind] = weights[kind]
     if "fid_proxy_random_inception" in selected:
         networks["proxy"] = fid_inception(random_fid_inception_state(), ["2048"]).to(device)
@@ -206,7 +219,7 @@ def _collect(pairs: Sequence[ImagePair], selected: Sequence[str], networks: Mapp
                 error = (_to_unit(pred) - _to_unit(load_image(inputs[pair.key]).to(device))).abs()
                 known_values = (known.sum() * len(pred)).clamp_min(1)  # mask [1, H, W] covers every channel
                 per_image["known_region_l1"].append(float((error * known).sum() / known_values))
-            if "diversity_ssim" in selected or "diversity_lpips" in selected:
+            if any(name in selected for name in DIVERSITY_METRICS):
                 samples = torch.stack([load_image(path) for path in pair.samples[:samples_per_input]]).to(device)
                 with torch.inference_mode():
                     if "diversity_ssim" in selected:
@@ -259,7 +272,7 @@ def evaluate_folders(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
+    device = check_device(device)
     pairs = match_predictions(pred_dir, target_dir)
     samples_per_input = min(len(pair.samples) for pair in pairs)
     sizes = image_sizes(pairs, samples_per_input)

@@ -34,6 +34,7 @@ from .networks import (
     googlenet_features,
     imagenet_input,
     load_lpips,
+    load_network,
     load_state_dict_file,
     lpips_state_dict,
     random_fid_inception_state,
@@ -50,7 +51,7 @@ __all__ = [
     "MissingWeightsError", "SlicedWassersteinCollector", "WeightsFile", "colourfulness", "feature_statistics",
     "fid_from_features", "fid_inception", "file_sha256", "find_weights", "frechet_distance", "googlenet_features",
     "imagenet_input", "inception_score", "kernel_inception_distance", "l1_error", "laplacian_pyramid",
-    "load_labels", "load_lpips", "load_reference_stats", "load_state_dict_file", "lpips_state_dict",
+    "load_labels", "load_lpips", "load_network", "load_reference_stats", "load_state_dict_file", "lpips_state_dict",
     "match_predictions", "psnr", "random_fid_inception_state", "resnet50_classifier", "run_by_size",
     "save_reference_stats", "sliced_wasserstein_distance", "ssim", "swd_levels", "weights_hint",
 ]

@@ -32,12 +32,12 @@ class ImagePair:
     samples: tuple[Path, ...]  # predictions, by sample index
 
 
-def keyed_images(folder: str | Path) -> dict[str, Path]:
-    """Images under `folder` (or the one image file) by relative path without suffix; two files with one key are an
-    error."""
+def keyed_images(folder: str | Path, *exclude: str | Path | None) -> dict[str, Path]:
+    """Images under `folder` (or the one image file) by relative path without suffix, but none under a folder of
+    `exclude` inside it (see `image_inputs`); two files with one key are an error."""
     root = input_root(folder)
     keyed: dict[str, Path] = {}
-    for path in image_inputs(folder):
+    for path in image_inputs(folder, *exclude):
         key = path.relative_to(root).with_suffix("").as_posix()
         if key in keyed:
             raise ImageError(f"{keyed[key]} and {path} have the same name; keep one")

@@ -5,7 +5,8 @@
 
 Offline by design: nothing is ever downloaded. A network loads from the file the caller names, or from
 the torch hub cache (`$TORCH_HOME/hub/checkpoints/<standard file name>`) when that file is there; a
-missing file raises MissingWeightsError naming the file and the flag.
+missing file raises MissingWeightsError naming the file and the flag, and one that does not load (`load_network`)
+a ValueError naming them alike.
 
 LPIPS weights use this file layout (a safetensors or torch state dict, see `lpips_state_dict`):
 `features.<i>.weight|bias` are torchvision's VGG16 `features` convolutions and `linear_layers.<k>.weight`
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,3 +260,19 @@ def load_lpips(state_dict: Mapping[str, torch.Tensor]) -> LPIPS:
 # The network each weights kind builds, by WEIGHTS_KINDS key.
 NETWORK_BUILDERS = {"inception": fid_inception, "resnet50": resnet50_classifier, "inception_v1": googlenet_features,
                     "lpips": load_lpips}
+
+
+def load_network(kind: str, path: Path) -> nn.Module:
+    """The network of a WEIGHTS_KINDS key from its weights file, or a ValueError naming the file and the flag."""
+    spec = WEIGHTS_KINDS[kind]
+    try:
+        state_dict = load_state_dict_file(path)
+    except Exception as error:  # torch.load fails on a broken file as KeyError, UnpicklingError, EOFError ...
+        raise ValueError(f"{path}: not a weights file safetensors or torch can read ({spec.flag}: "
+                         f"{spec.description})") from error
+    try:
+        return NETWORK_BUILDERS[kind](state_dict)
+    except RuntimeError as error:  # load_state_dict: "Error(s) in loading ...:" then one line per kind of misfit
+        misfit = [line for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
+        raise ValueError(f"{path}: does not fit the network ({spec.flag}: {spec.description}): "
+                         f"{textwrap.shorten(misfit[0], 120)}") from error
