@@ -123,6 +123,16 @@ def test_baseline_rows_get_their_labels_and_no_diversity_row(tmp_path):
     assert "(inpainting as palette.tasks.inpaint_fill, NL-means h = 6)" in text
 
 
+def test_the_baseline_table_of_a_diversity_only_evaluation_says_why_it_has_no_rows():
+    from palette.report import baseline_table
+
+    results = {"model": "palette", "task": "inpainting", "metrics": {"diversity_ssim": {"mean": 0.5}},
+               "baselines": {"input": {"metrics": {}, "skipped": {"diversity_ssim": "needs >= 2 samples"}}}}
+    assert baseline_table(results) == "No baseline rows: the metrics asked for need several samples per input."
+    results["metrics"]["l1"] = {"mean": 0.05}
+    assert baseline_table(results).splitlines()[1:3] == ["| Model | L1 ↓ |", "|---|---:|"]
+
+
 def test_bad_input_files_are_named(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="broken.json"):

@@ -79,6 +79,8 @@ def baseline_table(results: dict[str, Any]) -> str:
     columns = [column for column in QUALITY_COLUMNS if any(run.value(column[1]) is not None for run in runs)]
     restorable = "|".join(task for task, methods in BASELINES.items() if methods)
     hint = "" if results.get("task") in BASELINES else f" (--task {restorable} adds OpenCV's rows)"
+    if not columns:  # diversity only: one sample per input has none
+        return "No baseline rows: the metrics asked for need several samples per input."
     return "\n".join([f"Beside what a user already has{hint}:", *_table(runs, columns)])
 
 
