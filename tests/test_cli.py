@@ -186,8 +186,9 @@ def test_a_fresh_run_into_a_used_run_dir_is_refused_unless_overwrite(trained, tm
     [aside] = tmp_path.glob("run.old-*")
     assert sorted(p.relative_to(aside) for p in aside.rglob("*")) == before
     assert _logged_steps(tmp_path / "run") == [1]
-    with pytest.raises(SystemExit, match="neither --config nor --overwrite"):
-        main(["train", "--resume", str(tmp_path / "run"), "--overwrite"])
+    for extra in (["--overwrite"], ["--run-dir", str(tmp_path / "elsewhere")]):
+        with pytest.raises(SystemExit, match="it takes no --config, --overwrite or --run-dir"):
+            main(["train", "--resume", str(tmp_path / "run"), *extra])
 
 
 def test_corrupt_input_image_is_named(trained, tmp_path, capsys):

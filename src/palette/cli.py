@@ -32,9 +32,9 @@ def _train(args: argparse.Namespace) -> None:
     from .training import train
 
     if args.resume:
-        if args.config or args.overwrite:
-            raise SystemExit("palette train: --resume RUN_DIR continues that run; it takes neither --config "
-                             "nor --overwrite")
+        if args.config or args.overwrite or args.run_dir:
+            raise SystemExit("palette train: --resume RUN_DIR continues that run; it takes no --config, "
+                             "--overwrite or --run-dir")
         from .config import apply_overrides, config_from_dict, config_to_dict
         from .training import resume_config
 
