@@ -12,8 +12,8 @@ from PIL import Image
 
 from palette.cli import main
 from palette.imageio import ImageError
-from palette.study import (FoolRate, find_pairs, fool_rates, format_report, model_and_task, record_answer,
-                           trial_order, wilson_interval)
+from palette.study import (FoolRate, StudyDatabaseError, find_pairs, fool_rates, format_report, model_and_task,
+                           record_answer, trial_order, wilson_interval)
 
 REAL_LEVEL, FAKE_LEVEL = 200, 40  # a scripted rater tells them apart by brightness
 
@@ -69,6 +69,15 @@ def test_find_pairs_matches_stems_and_refuses_an_output_without_a_photo(tmp_path
     _write(fake, ["orphan"], FAKE_LEVEL)
     with pytest.raises(ImageError, match="orphan.png"):
         find_pairs(real, [fake])
+
+
+def test_find_pairs_refuses_two_photos_with_one_name(tmp_path):
+    real, fake = _study_folders(tmp_path, 2)
+    _write(real / "a", ["image0"], REAL_LEVEL)
+    with pytest.raises(ImageError) as caught:
+        find_pairs(real, [fake])
+    assert str(caught.value) == (f"{real / 'a' / 'image0.png'} and {real / 'image0.png'}: two real photos named "
+                                 "'image0', and model outputs are matched to photos by name; rename or remove one")
 
 
 def test_trial_order_is_seeded_per_rater():
@@ -163,3 +172,109 @@ def test_a_scripted_rater_through_ten_pairs(tmp_path, monkeypatch):
     assert rate.interval == pytest.approx((0.1078, 0.6032), abs=5e-5)
     report = format_report([rate])
     assert "30.0%" in report and "[10.8%, 60.3%]" in report
+
+
+def _cli_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    return line
+
+
+def test_database_errors_are_one_line_naming_the_file(tmp_path, capsys):
+    pytest.importorskip("gradio")  # `palette study serve` checks for it first
+    real, fake = _study_folders(tmp_path, 2)
+    (pair, _) = find_pairs(real, [fake])
+    folder, no_folder, not_db = tmp_path / "answers", tmp_path / "missing" / "study.sqlite", tmp_path / "notdb.txt"
+    folder.mkdir()
+    not_db.write_text("rater,pair\n")
+    serve = ["study", "serve", "--real", str(real), "--fake", str(fake), "--db"]
+    assert _cli_error(capsys, serve + [str(folder)]) == (
+        f"palette study: error: {folder}: a folder, not a study database file")
+    assert _cli_error(capsys, serve + [str(no_folder)]) == (
+        f"palette study: error: {no_folder}: no folder {no_folder.parent} to create the study database in")
+    assert _cli_error(capsys, serve + [str(not_db)]) == (
+        f"palette study: error: {not_db}: cannot use it as the study database (file is not a database)")
+    assert _cli_error(capsys, ["study", "report", str(not_db)]) == (
+        f"palette study: error: {not_db}: cannot use it as the study database (file is not a database)")
+    with pytest.raises(StudyDatabaseError, match="file is not a database"):
+        record_answer(not_db, "ann", pair, "left", "left", 1.0, 3.0)
+    assert not_db.read_text() == "rater,pair\n" and not no_folder.parent.exists()
+
+
+def test_report_changes_nothing_it_reads(tmp_path, capsys):
+    real, fake = _study_folders(tmp_path, 2)
+    study, other, empty, missing = (tmp_path / name for name in ("study.sqlite", "other.sqlite", "empty.sqlite",
+                                                                  "missing.sqlite"))
+    for pair in find_pairs(real, [fake]):
+        record_answer(study, "ann", pair, "left", "right", 1.0, 3.0)
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    connection.close()
+    empty.touch()
+    files = {path: path.read_bytes() for path in (study, other, empty)}
+    assert fool_rates(study) == [FoolRate("palette-64", "inpainting", fooled=0, answers=2, raters=1)]
+    for db, problem in ((other, "not a palette study database (it has no answers table)"),
+                        (empty, "not a palette study database (it has no answers table)"),
+                        (missing, "no such study database")):
+        assert _cli_error(capsys, ["study", "report", str(db)]) == f"palette study: error: {db}: {problem}"
+    assert {path: path.read_bytes() for path in (study, other, empty)} == files
+    assert not missing.exists() and not list(tmp_path.glob("other.sqlite-*"))
+
+
+@pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:Warning")
+@pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:Warning")
+def test_a_returning_rater_continues_however_the_folders_are_spelled(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from gradio_client import Client
+    from huggingface_hub import constants
+
+    from palette.study import serve_study
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    real, fake = _study_folders(tmp_path, 10)
+    db = tmp_path / "study.sqlite"
+    for pair in find_pairs(real, [fake])[:3]:  # answered on a server started with absolute folders
+        record_answer(db, "ann", pair, "left", "left", 1.0, 3.0)
+    with sqlite3.connect(db) as connection:  # a row of an older version: the path as typed, relative
+        connection.execute("INSERT INTO answers (rater, pair, real, fake, model, task, fake_side, choice, fooled, "
+                           "seconds, shown_seconds, answered_at) VALUES ('ann', 'image5', 'real/image5.png', ?, "
+                           "'palette-64', 'inpainting', 'left', 'right', 0, 1.0, 3.0, '2024-01-01T00:00:00Z')",
+                           (f"../{tmp_path.name}/palette-64_inpainting/image5.png",))
+    connection.close()
+    monkeypatch.chdir(tmp_path)
+    port = _free_port()
+    app = serve_study("real", ["./palette-64_inpainting"], db=db, port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        _, _, message = client.predict("ann", api_name="/start")
+        assert message.startswith("Pair 1 of 6:")
+        for _ in range(6):
+            _, _, message = client.predict(api_name="/left")
+        assert message.startswith("Done: 6 answer(s) stored")
+    finally:
+        app.close()
+    with sqlite3.connect(db) as connection:
+        fakes = [Path(row[0]).resolve() for row in connection.execute("SELECT fake FROM answers")]
+    connection.close()
+    assert len(fakes) == len(set(fakes)) == 10
+
+
+def test_serve_refuses_an_image_it_cannot_show(tmp_path):
+    pytest.importorskip("gradio")
+    from palette.study import serve_study
+
+    real, fake = _study_folders(tmp_path, 4)
+    db = tmp_path / "study.sqlite"
+    (fake / "image2.png").write_bytes(b"\x00garbage, not a PNG" * 8)
+    with pytest.raises(ImageError) as caught:
+        serve_study(real, [fake], db=db, port=_free_port(), block=False)
+    assert str(caught.value) == f"{fake / 'image2.png'}: not a readable image (Pillow recognises no image format in it)"
+    _write(fake, ["image2"], FAKE_LEVEL)
+    truncated = (real / "image3.png").read_bytes()[:-30]  # its pixel data cut short; the header still reads
+    (real / "image3.png").write_bytes(truncated)
+    with pytest.raises(ImageError, match=f"^{real / 'image3.png'}: not a readable image"):
+        serve_study(real, [fake], db=db, port=_free_port(), block=False)
+    assert not db.exists()

@@ -18,13 +18,15 @@ import re
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from .imageio import ImageError, list_images
+from .imageio import ImageError, list_images, max_pixels, open_image
 from .tasks import TASKS
 
 Side = Literal["left", "right"]
@@ -36,7 +38,7 @@ CREATE TABLE IF NOT EXISTS answers (
     id INTEGER PRIMARY KEY,
     rater TEXT NOT NULL,
     pair TEXT NOT NULL,            -- the file stem shared by the photo and the model output
-    real TEXT NOT NULL,
+    real TEXT NOT NULL,            -- resolved paths (older versions stored them as typed)
     fake TEXT NOT NULL,
     model TEXT NOT NULL,
     task TEXT NOT NULL,
@@ -94,7 +96,11 @@ def find_pairs(real_dir: str | Path, fake_dirs: list[str | Path], model: str | N
         raise ValueError("--model and --task name one --fake folder; with several, name the folders instead")
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    reals = {path.stem: path for path in list_images(real_dir)}
+    reals: dict[str, Path] = {}
+    for path in list_images(real_dir):
+        if (other := reals.setdefault(path.stem, path)) != path:
+            raise ImageError(f"{other} and {path}: two real photos named {path.stem!r}, and model outputs are "
+                             "matched to photos by name; rename or remove one")
     pairs = []
     for fake_dir in fake_dirs:
         pair_model, pair_task = _labels(fake_dir, model, task)
@@ -118,13 +124,51 @@ def trial_order(count: int, seed: int, rater: str) -> list[tuple[int, Side]]:
     return [(int(index), SIDES[int(side)]) for index, side in zip(order, sides)]
 
 
-def connect(db: str | Path) -> sqlite3.Connection:
-    """The answers database, created if new; every commit reaches the disk before it returns."""
-    connection = sqlite3.connect(db)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    connection.execute(SCHEMA)
-    return connection
+def check_readable(pairs: list[Pair]) -> None:
+    """An ImageError naming the first image of the pairs that cannot be shown, so that no rater meets it."""
+    from PIL import Image
+
+    limit = max_pixels()
+    for path in dict.fromkeys(path for pair in pairs for path in (pair.real, pair.fake)):
+        try:
+            with Image.open(path) as image:
+                image.verify()  # the header and (for PNG) the checksums: cheap, no pixels decoded
+                fits = image.width * image.height <= limit
+        except Exception:
+            fits = False
+        if not fits:
+            open_image(path)  # the decode the page makes, which raises the ImageError that says what is wrong
+
+
+class StudyDatabaseError(ValueError):
+    """An answers database that cannot be opened, read or written; the message names the file."""
+
+
+@contextmanager
+def database(db: str | Path, read_only: bool = False) -> Iterator[sqlite3.Connection]:
+    """The answers database as one transaction, closed after. Writable, it is created if new and every commit
+    reaches the disk before it returns; read-only, it must be a study already, and nothing in the file changes."""
+    path = Path(db)
+    if path.is_dir():
+        raise StudyDatabaseError(f"{db}: a folder, not a study database file")
+    if not path.exists() and (read_only or not path.parent.is_dir()):
+        raise StudyDatabaseError(f"{db}: no such study database" if read_only
+                                 else f"{db}: no folder {path.parent} to create the study database in")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro" if read_only else path, uri=read_only)
+        try:
+            with connection:
+                if not read_only:
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.execute("PRAGMA synchronous=FULL")
+                    connection.execute(SCHEMA)
+                elif not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'answers'").fetchone():
+                    raise StudyDatabaseError(f"{db}: not a palette study database (it has no answers table)")
+                yield connection
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise StudyDatabaseError(f"{db}: cannot use it as the study database ({error})") from error
 
 
 def record_answer(db: str | Path, rater: str, pair: Pair, fake_side: Side, choice: Side, seconds: float,
@@ -133,22 +177,22 @@ def record_answer(db: str | Path, rater: str, pair: Pair, fake_side: Side, choic
     if fake_side not in SIDES or choice not in SIDES:
         raise ValueError(f"sides are {SIDES}, got {fake_side!r} and {choice!r}")
     fooled = choice == fake_side
-    with connect(db) as connection:
+    with database(db) as connection:  # resolved paths: the same file however the folder was spelled
         connection.execute(
             "INSERT INTO answers (rater, pair, real, fake, model, task, fake_side, choice, fooled, seconds, "
             "shown_seconds, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (rater, pair.name, str(pair.real), str(pair.fake), pair.model, pair.task, fake_side, choice, int(fooled),
-             seconds, shown_seconds, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
-    connection.close()
+            (rater, pair.name, str(pair.real.resolve()), str(pair.fake.resolve()), pair.model, pair.task, fake_side,
+             choice, int(fooled), seconds, shown_seconds, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
     return fooled
 
 
-def answered(db: str | Path, rater: str) -> set[str]:
-    """The model outputs (paths) this rater has judged: a rater who comes back continues where they stopped."""
-    with connect(db) as connection:
+def answered(db: str | Path, rater: str) -> set[Path]:
+    """The model outputs this rater has judged, resolved: a rater who comes back continues where they stopped.
+
+    Older versions stored paths as typed; those resolve from the current folder."""
+    with database(db) as connection:
         rows = connection.execute("SELECT fake FROM answers WHERE rater = ?", (rater,)).fetchall()
-    connection.close()
-    return {row[0] for row in rows}
+    return {Path(row[0]).resolve() for row in rows}
 
 
 def wilson_interval(successes: int, count: int, z: float = Z_95) -> tuple[float, float]:
@@ -184,12 +228,9 @@ class FoolRate:
 
 def fool_rates(db: str | Path) -> list[FoolRate]:
     """One FoolRate per model and task in the answers database."""
-    if not Path(db).is_file():
-        raise FileNotFoundError(f"{db}: no such study database")
-    with connect(db) as connection:
+    with database(db, read_only=True) as connection:
         rows = connection.execute("SELECT model, task, SUM(fooled), COUNT(*), COUNT(DISTINCT rater) FROM answers "
                                   "GROUP BY model, task ORDER BY model, task").fetchall()
-    connection.close()
     return [FoolRate(*row) for row in rows]
 
 
@@ -209,12 +250,12 @@ def format_report(rates: list[FoolRate]) -> str:
 
 def build_study_app(pairs: list[Pair], db: str | Path, seconds: float = 3.0, seed: int = 0) -> Any:
     """The rater's page: an id, then each pair for `seconds`, and a click on the side taken for the photo."""
-    from .imageio import open_image
     from .serve import import_gradio
 
     gr = import_gradio()
     if seconds <= 0:
         raise ValueError(f"--seconds must be positive, got {seconds}")
+    fakes = [pair.fake.resolve() for pair in pairs]  # as answered() gives them
 
     def present(state: dict) -> tuple[Any, ...]:
         """The outputs for the state's next pair, or the end of the session."""
@@ -235,7 +276,7 @@ def build_study_app(pairs: list[Pair], db: str | Path, seconds: float = 3.0, see
     def start(rater: str, state: dict | None) -> tuple[Any, ...]:
         rater = rater.strip() or uuid.uuid4().hex[:8]
         seen = answered(db, rater)
-        trials = [trial for trial in trial_order(len(pairs), seed, rater) if str(pairs[trial[0]].fake) not in seen]
+        trials = [trial for trial in trial_order(len(pairs), seed, rater) if fakes[trial[0]] not in seen]
         return present({"rater": rater, "trials": trials, "position": 0, "count": 0, "shown_at": None})
 
     def answer(choice: Side, state: dict | None) -> tuple[Any, ...]:
@@ -289,6 +330,8 @@ def serve_study(real: str | Path, fake: list[str | Path], db: str | Path = "stud
     from .serve import launch
 
     pairs = find_pairs(real, list(fake), model, task)
-    connect(db).close()  # a bad path fails now, not at the first answer
+    check_readable(pairs)
+    with database(db):  # a bad path fails now, not at the first answer
+        pass
     print(f"{len(pairs)} pair(s); answers go to {Path(db).resolve()}")
     return launch(build_study_app(pairs, db, seconds, seed), host, port or 7861, block)
