@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import subprocess
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -11,9 +15,12 @@ import pytest
 from PIL import Image
 
 from palette import wallpapers
+from palette.cli import main
+from palette.files import OutputError
 from palette.wallpapers import (
     DesktopShade,
     PoolEntry,
+    WallpaperError,
     build_wallpapers,
     find_image,
     parse_background_properties,
@@ -299,16 +306,92 @@ def test_build_on_fake_tree(tmp_path, monkeypatch):
     assert (out / "manifest.tsv").read_text() == first
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_rebuild_replaces_each_file_atomically(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    listings = _fake_tree(root)
+    monkeypatch.setattr(wallpapers, "list_package_files", lambda package: listings.get(package, []))
+    pool, out = _fake_pool(tmp_path / "pool.tsv"), tmp_path / "out"
+    with pytest.warns(UserWarning):
+        build_wallpapers(out, pool_file=pool, short_side=64, install=False, package_root=root)
+    before = _files(out)
+
+    def full_disk(image, fp, format=None, **options):
+        Path(fp).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(OutputError) as raised:
+        build_wallpapers(out, pool_file=pool, short_side=64, install=False, package_root=root)
+    assert str(raised.value) == f"{out}/images/mate-backgrounds__Clear.jpg: cannot write: the disk is full"
+    assert _files(out) == before  # the old image intact, no temporary file left
+
+
+def test_build_refuses_files_it_did_not_write(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    listings = _fake_tree(root)
+    monkeypatch.setattr(wallpapers, "list_package_files", lambda package: listings.get(package, []))
+    installed: list[str] = []
+    monkeypatch.setattr(wallpapers, "install_packages", installed.extend)
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "train.txt").write_bytes(b"my/own/list.png\n")
+    (out / "val.txt").write_bytes(b"")
+    (out / "manifest.tsv").write_bytes(b"file\tauthor\n")  # a manifest, but not of a wallpaper build
+    (out / "images" / "mate-backgrounds__Tree.jpg").write_bytes(b"my picture")
+    before = _files(out)
+    with pytest.raises(WallpaperError) as raised:
+        build_wallpapers(out, pool_file=_fake_pool(tmp_path / "pool.tsv"), package_root=root)
+    assert str(raised.value) == (
+        f"{out} holds train.txt, val.txt, manifest.tsv but no manifest.tsv of a wallpaper build, "
+        "so they are not replaced; remove them or choose another output folder"
+    )
+    assert _files(out) == before
+    assert installed == []  # refused before anything was installed
+
+
+def test_missing_dpkg_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(wallpapers.shutil, "which", lambda tool: None)
+    out = tmp_path / "wp0"
+    with pytest.raises(SystemExit) as exited:
+        main(["data", "wallpapers", "--out", str(out), "--no-install"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "palette data: error: dpkg not found on PATH: the wallpaper set is built from Debian packages; "
+        "run on a Debian-based system with dpkg on PATH (or copy a set built there)\n"
+    )
+    assert not out.exists()
+
+
 def test_build_fails_when_nothing_is_found(tmp_path, monkeypatch):
     monkeypatch.setattr(wallpapers, "list_package_files", lambda package: [])
     pool = _fake_pool(tmp_path / "pool.tsv")
-    with pytest.raises(RuntimeError, match="none of the 5 pool images"), pytest.warns(UserWarning, match="not installed"):
+    packages = "mate-backgrounds, other-wallpapers, plasma-workspace-wallpapers"
+    with warnings.catch_warnings(), pytest.raises(WallpaperError) as raised:
+        warnings.simplefilter("error")  # the error says it all: no warning beside it
         build_wallpapers(tmp_path / "out", pool_file=pool, install=False, package_root=tmp_path)
+    assert str(raised.value) == (
+        f"none of the 5 pool images was found (not installed: {packages}); "
+        f"install them: apt-get install {packages.replace(',', '')}"
+    )
+    assert not (tmp_path / "out").exists()
 
 
-def test_install_without_apt_is_a_clear_error(monkeypatch):
+def test_install_errors_say_what_to_do(monkeypatch):
     monkeypatch.setattr(wallpapers.shutil, "which", lambda tool: None if tool == "apt-get" else "/bin/" + tool)
     monkeypatch.setattr(wallpapers, "is_installed", lambda package: package == "here")
-    with pytest.raises(RuntimeError, match="packages absent-a, absent-b are not installed and apt-get is not available"):
+    with pytest.raises(WallpaperError, match="packages absent-a, absent-b are not installed and apt-get is not avail"):
         wallpapers.install_packages(["here", "absent-b", "absent-a"])
     wallpapers.install_packages(["here"])  # nothing missing: no apt-get needed
+
+    monkeypatch.setattr(wallpapers.shutil, "which", lambda tool: "/bin/" + tool)
+    denied = "E: Could not open lock file /var/lib/dpkg/lock-frontend - open (13: Permission denied)"
+    failing = lambda command, **_: subprocess.CompletedProcess(command, 100, "", denied)  # noqa: E731
+    monkeypatch.setattr(wallpapers.subprocess, "run", failing)
+    with pytest.raises(WallpaperError) as raised:
+        wallpapers.install_packages(["absent-a"])
+    advice = "install absent-a as root, then rerun with --no-install"
+    assert str(raised.value) == f"`apt-get update` failed (100): {denied}\n{advice}"

@@ -7,6 +7,7 @@ The images keep their packages' licences, so the repository holds only this buil
 
 writes OUT_DIR/images/<package>__<stem>.jpg (short side 768, JPEG quality 92),
 OUT_DIR/train.txt and OUT_DIR/val.txt (paths relative to OUT_DIR) and OUT_DIR/manifest.tsv.
+Running it again rebuilds OUT_DIR in place; a folder whose lists or manifest are not a build's is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from xml.etree import ElementTree
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .files import ensure_folder, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,10 @@ _VARIANT_RULES = (
 )
 # GNOME/MATE packages declare each wallpaper's desktop colours here (used under transparent images).
 _BACKGROUND_PROPERTIES = re.compile(r"/share/[^/]*background-properties/[^/]+\.xml$")
+
+
+class WallpaperError(ValueError):
+    """The set cannot be built: dpkg, apt-get or the pool's packages are missing, or files of others are in the way."""
 
 
 @dataclass(frozen=True)
@@ -221,37 +228,39 @@ def split_pool(entries: Sequence[PoolEntry], val_fraction: float = 0.2, seed: in
     return split
 
 
+def _dpkg(*arguments: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("dpkg") is None:
+        raise WallpaperError("dpkg not found on PATH: the wallpaper set is built from Debian packages; "
+                             "run on a Debian-based system with dpkg on PATH (or copy a set built there)")
+    return subprocess.run(["dpkg", *arguments], capture_output=True, text=True)
+
+
 def list_package_files(package: str) -> list[str]:
     """Paths that an installed Debian package put on disk (`dpkg -L`); empty if not installed."""
-    if shutil.which("dpkg") is None:
-        raise RuntimeError("dpkg not found: the wallpaper dataset is built on a Debian-based system")
-    result = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True)
+    result = _dpkg("-L", package)
     return result.stdout.splitlines() if result.returncode == 0 else []
 
 
 def is_installed(package: str) -> bool:
     """Whether dpkg reports `package` as installed."""
-    result = subprocess.run(["dpkg", "-s", package], capture_output=True, text=True)
+    result = _dpkg("-s", package)
     return result.returncode == 0 and "install ok installed" in result.stdout
 
 
 def install_packages(packages: Iterable[str]) -> None:
     """Install the packages that are missing with apt-get (one update, one install)."""
-    if shutil.which("dpkg") is None:
-        raise RuntimeError("dpkg not found: the wallpaper dataset is built on a Debian-based system")
     missing = sorted(p for p in set(packages) if not is_installed(p))
     if not missing:
         return
     if shutil.which("apt-get") is None:
-        raise RuntimeError(
-            f"packages {', '.join(missing)} are not installed and apt-get is not available; "
-            "install them by other means or run where apt-get works"
-        )
+        raise WallpaperError(f"packages {', '.join(missing)} are not installed and apt-get is not available; "
+                             "install them by other means or run where apt-get works")
     logger.info("installing %s", " ".join(missing))
     for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *missing]):
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"`{' '.join(command)}` failed ({result.returncode}):\n{result.stderr.strip()}")
+            raise WallpaperError(f"`{' '.join(command)}` failed ({result.returncode}): {result.stderr.strip()}\n"
+                                 f"install {' '.join(missing)} as root, then rerun with --no-install")
 
 
 def to_rgb(image: Image.Image, shade: DesktopShade | None = None) -> Image.Image:
@@ -278,6 +287,23 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _check_out_dir(out_dir: Path, targets: Sequence[Path]) -> None:
+    """Refuse a folder that holds any of `targets` but no manifest.tsv of a previous build."""
+    manifest = out_dir / "manifest.tsv"
+    if manifest.is_file():
+        with manifest.open(encoding="utf-8", errors="replace") as file:
+            if file.readline().rstrip("\n") == "\t".join(MANIFEST_COLUMNS):
+                return
+    in_the_way = [path.relative_to(out_dir).as_posix() for path in targets if path.exists()]
+    if in_the_way:
+        raise WallpaperError(f"{out_dir} holds {', '.join(in_the_way)} but no manifest.tsv of a wallpaper build, "
+                             "so they are not replaced; remove them or choose another output folder")
+
+
+def _write_text(path: Path, lines: Iterable[str]) -> None:
+    write_atomic(path, lambda temporary: temporary.write_text("".join(line + "\n" for line in lines), "utf-8"))
+
+
 def _image_pixel_count(path: Path) -> int:
     if not path.is_file():
         return 0
@@ -299,11 +325,18 @@ def build_wallpapers(
 
     Missing pool images are reported with a warning; finding none is an error. The split is
     fixed by the pool and the seed alone, so a missing image never moves another one.
+    A folder with a previous build (a manifest.tsv with MANIFEST_COLUMNS as header) is rebuilt in place, and so
+    is one where a build stopped before its lists; a folder that holds a train.txt, val.txt or manifest.tsv of
+    another kind is refused before anything is installed or written. Every file is written atomically, the
+    manifest last.
     """
     out_dir = Path(out_dir)
     package_root = Path(package_root)
     entries = read_pool(pool_file)
     split = split_pool(entries, val_fraction, seed)
+    images_dir = out_dir / "images"
+    lists = {name: out_dir / f"{name}.txt" for name in get_args(Split)}
+    _check_out_dir(out_dir, [*lists.values(), out_dir / "manifest.tsv"])  # images/ holds only <package>__ names
     packages = sorted({e.package for e in entries})
     if install:
         install_packages(packages)
@@ -318,8 +351,6 @@ def build_wallpapers(
             if _BACKGROUND_PROPERTIES.search(path) and on_disk(path).is_file():
                 shades.update(parse_background_properties(on_disk(path).read_text("utf-8")))
 
-    images_dir = out_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     missing: list[str] = []
     for entry in entries:
@@ -332,7 +363,8 @@ def build_wallpapers(
         with Image.open(on_disk(source)) as original:
             image = resize_short_side(to_rgb(original, shades.get(source)), short_side)
         target = images_dir / entry.output_name
-        image.save(target, "JPEG", quality=quality)
+        ensure_folder(target)
+        write_atomic(target, lambda temporary: image.save(temporary, "JPEG", quality=quality))
         relative = target.relative_to(out_dir).as_posix()
         logger.info("%s <- %s (%dx%d)", relative, source, image.width, image.height)
         rows.append(
@@ -348,17 +380,18 @@ def build_wallpapers(
             }
         )
 
-    if missing:
-        not_installed = [p for p in packages if not listings[p]]
-        hint = f" (not installed: {', '.join(not_installed)})" if not_installed else ""
-        warnings.warn(f"{len(missing)} pool image(s) not found{hint}: {', '.join(missing)}", stacklevel=2)
+    not_installed = [p for p in packages if not listings[p]]
+    hint = f" (not installed: {', '.join(not_installed)})" if not_installed else ""
     if not rows:
-        raise RuntimeError(f"none of the {len(entries)} pool images was found; are the packages installed?")
+        advice = (f"install them: apt-get install {' '.join(not_installed)}" if not_installed
+                  else "the installed packages hold other files; compare the pool with dpkg -L")
+        raise WallpaperError(f"none of the {len(entries)} pool images was found{hint}; {advice}")
+    if missing:
+        warnings.warn(f"{len(missing)} pool image(s) not found{hint}: {', '.join(missing)}", stacklevel=2)
 
-    for name in ("train", "val"):
-        lines = [row["file"] for row in rows if row["split"] == name]
-        (out_dir / f"{name}.txt").write_text("".join(line + "\n" for line in lines), "utf-8")
+    for name, path in lists.items():
+        _write_text(path, [row["file"] for row in rows if row["split"] == name])
     manifest = ["\t".join(MANIFEST_COLUMNS)] + ["\t".join(row[c] for c in MANIFEST_COLUMNS) for row in rows]
-    (out_dir / "manifest.tsv").write_text("\n".join(manifest) + "\n", "utf-8")
+    _write_text(out_dir / "manifest.tsv", manifest)
     return out_dir
 
