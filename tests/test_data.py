@@ -1,11 +1,33 @@
-"""The crops palette takes of its images: an evaluation's fixed ones (each image's centre crop, then random crops
-from a seed), and training's, at each task's scale."""
+"""What palette trains on: the images a data source names, and the crops it takes of them (an evaluation's fixed
+ones, each image's centre crop then random crops from a seed, and training's, at each task's scale)."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from palette.config import config_from_dict
-from palette.data import Examples, centre_crop, evaluation_crops
+from palette.data import Examples, centre_crop, evaluation_crops, resolve_sources, training_loader
+from palette.imageio import ImageError
+
+from conftest import tiny_values, write_images
+
+
+def test_a_data_source_is_one_image_or_a_list_file_with_or_without_a_byte_order_mark(tmp_path):
+    paths = write_images(tmp_path / "images", count=3, size=24)
+    photo = tmp_path / "photo.jpg"
+    Image.open(paths[0]).save(photo)  # a JPEG's first byte, 0xff, is not UTF-8
+    assert resolve_sources(photo) == [photo]
+    loader, summary = training_loader(config_from_dict(tiny_values(photo)).data, seed=0, start_step=0, batch_size=2)
+    assert summary == "1 images" and next(iter(loader))["target"].shape == (2, 3, 16, 16)
+    listing = tmp_path / "lists" / "train.txt"
+    listing.parent.mkdir()
+    listing.write_text("\ufeff../images/image0.png\n# a comment\n../images/image2.png\n", encoding="utf-8")
+    assert resolve_sources(listing) == [listing.parent / f"../images/image{index}.png" for index in (0, 2)]
+    (tmp_path / "photo.heic").write_bytes(b"\xff\xd8\xff\xe0 no format palette reads")
+    with pytest.raises(ImageError, match=r"^\S+photo.heic: neither an image \(.png, .jpg, .*\) nor a UTF-8 list of "
+                                         r"image paths \(byte 0 is not UTF-8\); data.source takes a folder of images, "
+                                         r"one image, a text file listing image paths, or .tar shards$"):
+        resolve_sources(tmp_path / "photo.heic")
 
 
 def test_evaluation_crops_are_each_images_centre_crop_then_random_ones_repeatable_from_the_seed(tmp_path):

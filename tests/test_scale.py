@@ -79,11 +79,61 @@ def test_shard_sources_resolve_and_are_refused_with_reasons(shard_folder, tmp_pa
     with pytest.raises(ImageError, match=r"shard-000004.tar: no such shard \(1 of the 5"):
         resolve_shards(shard_folder / "shard-{000000..000004}.tar")
     Image.new("RGB", (8, 8)).save(shard_folder / "stray.png")
-    with pytest.raises(ImageError, match="holds both .tar shards and images"):
+    with pytest.raises(ImageError, match=r"shards: holds both 4 .tar file\(s\), first shard-000000.tar, and 1 "
+                                         r"image\(s\) below it, first stray.png; point data.source at a folder of one"):
         resolve_shards(shard_folder)
     config = config_from_dict(tiny_values(shard_folder / "shard-{000000..000003}.tar"))
     with pytest.raises(ImageError, match=r"4 shard\(s\) cannot give each of 2 rank\(s\) x 3 loader worker"):
         ShardStream(replace(config.data, num_workers=3), 0, 0, 2, rank=0, world_size=2)
+
+
+def test_a_stray_tar_does_not_take_over_a_folder_of_photos_in_subfolders(tmp_path):
+    write_images(tmp_path / "ph" / "2023", count=2, size=24)
+    write_shards(tmp_path / "ph" / "2023", tmp_path / "backup")[0].rename(tmp_path / "ph" / "backup.tar")
+    with pytest.raises(ImageError, match=r"ph: holds both 1 .tar file\(s\), first backup.tar, and 2 image\(s\) "
+                                         r"below it, first 2023/image0.png; point data.source at a folder of one kind"):
+        training_loader(config_from_dict(tiny_values(tmp_path / "ph")).data, 0, 0, 2)
+    (tmp_path / "ph" / "backup.tar").unlink()
+    assert training_loader(config_from_dict(tiny_values(tmp_path / "ph")).data, 0, 0, 2)[1] == "2 images"
+
+
+def test_shard_writing_refuses_an_output_that_is_or_lies_inside_its_input(tmp_path, capsys):
+    write_images(tmp_path / "in", count=2, size=24)
+    inside = tmp_path / "in" / "shards"
+    for output, message in ((tmp_path / "in", "is the input folder: the outputs would mix with the inputs. Choose "
+                                              "another --output"),
+                            (inside, f"lies inside the input folder {tmp_path / 'in'} (its shards would mix with the "
+                                     f"images); choose an --output outside it")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["data", "shard", "--input", str(tmp_path / "in"), "--output", str(output)])
+        assert stopped.value.code == 2 and capsys.readouterr().err == f"palette data: error: {output}: {message}\n"
+    assert sorted(path.name for path in (tmp_path / "in").rglob("*")) == ["image0.png", "image1.png"]
+
+
+def test_a_shard_cut_short_trains_on_the_samples_before_the_cut_and_resumes_exactly(shard_folder):
+    path = shard_folder / "shard-000001.tar"
+    whole, data = np.asarray(Shard(str(path)).image(0)), path.read_bytes()
+    with tarfile.open(path) as archive:
+        second = archive.getmembers()[1]
+    path.write_bytes(data[:second.offset_data + 10])  # a copy that stopped inside the second image
+    with pytest.warns(UserWarning, match=r"shard-000001.tar: cut short or corrupt after its first 2 sample\(s\); "
+                                         r"skipping the rest of the shard"):
+        shard = Shard(str(path))
+    assert len(shard) == 2 and np.array_equal(np.asarray(shard.image(0)), whole)
+    with pytest.warns(UserWarning, match=r"000001.tar:\S+: unreadable \(unexpected end of data\); using the next"):
+        assert np.array_equal(np.asarray(shard.image(1)), whole)
+    path.write_bytes(data[:second.offset])  # cut at a header: tarfile's own walk stops there without a word
+    with pytest.warns(UserWarning, match=r"shard-000001.tar: cut short or corrupt after its first 1 sample\(s\)"):
+        assert len(Shard(str(path))) == 1
+    config = config_from_dict(tiny_values(shard_folder)).data
+    with pytest.warns(UserWarning, match="cut short"):
+        batches = iter(training_loader(config, 0, 0, 2)[0])
+        expected = [next(batches) for _ in range(9)][5:]  # past the end of the 7 readable images
+        batches = iter(training_loader(config, 0, 5, 2)[0])
+        assert all(all(torch.equal(got[key], wanted[key]) for key in wanted) for got, wanted in zip(batches, expected))
+    path.write_bytes(b"")
+    with pytest.raises(ImageError, match=r"^\S+shard-000001.tar: not a readable .tar shard \(empty, cut short or not"):
+        next(iter(training_loader(config, 0, 0, 2)[0]))
 
 
 def test_each_rank_and_worker_reads_shards_of_its_own(shard_folder, monkeypatch):

@@ -91,7 +91,7 @@ class DiffusionConfig:
 class DataConfig:
     """Where images come from and which tasks degrade them."""
 
-    source: str = ""  # a folder (searched recursively) or a text file listing images
+    source: str = ""  # a folder (searched recursively), one image, a text file listing images, or .tar shards
     image_size: int = 64
     tasks: dict[str, float] = field(default_factory=lambda: {"inpainting": 1.0})
     crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the short side

@@ -21,20 +21,29 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
-from .imageio import ImageError, frame_count, list_images, open_image, pil_to_tensor
+from .imageio import IMAGE_SUFFIXES, ImageError, frame_count, image_inputs, open_image, pil_to_tensor
 from .shards import ShardStream, first_images, is_shard_source, resolve_shards
 from .tasks import get_task
 
 
+# What data.source takes, in the words of its errors.
+SOURCE_KINDS = "a folder of images, one image, a text file listing image paths, or .tar shards"
+
+
 def resolve_sources(source: str | Path) -> list[Path]:
-    """A folder (searched recursively) or a text file with one image path per line, relative to the file."""
+    """The images of `data.source`: a folder's (searched recursively), one image, or those a list file names (one
+    path per line, relative to the file; a UTF-8 byte order mark, as Windows editors save, is not part of a path)."""
     path = Path(source)
-    if path.is_dir():
-        return list_images(path)
-    if path.is_file():
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        return [(path.parent / line) for line in lines if line and not line.startswith("#")]
-    raise ImageError(f"{path}: data source is neither a folder nor a list file")
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return image_inputs(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file or folder; data.source takes {SOURCE_KINDS}")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError as error:
+        raise ImageError(f"{path}: neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a UTF-8 list of image paths "
+                         f"(byte {error.start} is not UTF-8); data.source takes {SOURCE_KINDS}") from error
+    return [(path.parent / line) for line in lines if line and not line.startswith("#")]
 
 
 def usable_images(paths: list[Path], source: str | Path) -> list[Path]:

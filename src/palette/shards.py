@@ -32,7 +32,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .config import DataConfig
 from .files import write_atomic
 from .imageio import (IMAGE_SUFFIXES, WHITE, ImageError, _eight_bit, _flatten, _open, _too_large, list_images,
-                      max_pixels)
+                      max_pixels, refuse_input_as_output)
 
 Item = TypeVar("Item")
 
@@ -60,14 +60,18 @@ def is_shard_source(source: str | Path) -> bool:
 
 
 def resolve_shards(source: str | Path) -> list[str]:
-    """The shard files `source` names, in order; a missing shard or a folder mixing shards and images is an error."""
+    """The shard files `source` names, in order; a missing shard is an error, and so is a folder with images anywhere
+    below it (a stray backup.tar beside a photo folder must not replace the photos)."""
     from braceexpand import braceexpand
 
     path = Path(source)
     if path.is_dir():
         shards = sorted(str(p) for p in path.glob("*.tar"))
-        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
-            raise ImageError(f"{path}: holds both .tar shards and images; point data.source at one kind")
+        images = list_images(path)
+        if shards and images:
+            raise ImageError(f"{path}: holds both {len(shards)} .tar file(s), first {Path(shards[0]).name}, and "
+                             f"{len(images)} image(s) below it, first {images[0].relative_to(path).as_posix()}; "
+                             f"point data.source at a folder of one kind")
     else:
         shards = list(braceexpand(str(source)))
     missing = [shard for shard in shards if not Path(shard).is_file()]
@@ -91,7 +95,8 @@ def write_shards(input_folder: str | Path, output: str | Path, shard_size: int =
     """Write the images under `input_folder` as `shard-000000.tar`, ... of `shard_size` images each, shuffled.
 
     Images that do not decode are skipped with a warning (as training skips them); the rest go in as their bytes.
-    Each shard is written atomically, and the same images and seed give the same bytes.
+    Each shard is written atomically, and the same images and seed give the same bytes. An output folder that is
+    the input folder or lies inside it is refused before anything is written.
     """
     import webdataset
 
@@ -100,6 +105,10 @@ def write_shards(input_folder: str | Path, output: str | Path, shard_size: int =
     if shard_size < 1:
         raise ValueError(f"--shard-size: must be >= 1, got {shard_size}")
     folder, output = Path(input_folder), Path(output)
+    refuse_input_as_output(folder, output)
+    if folder.resolve() in output.resolve().parents:
+        raise ImageError(f"{output}: lies inside the input folder {folder} (its shards would mix with the images); "
+                         f"choose an --output outside it")
     if output.is_dir() and any(output.glob("*.tar")):
         raise ValueError(f"{output}: already holds .tar shards; write to an empty folder")
     paths = usable_images(list_images(folder), folder)
@@ -164,16 +173,28 @@ class Shard:
         from webdataset.tariterators import base_plus_ext  # the key rule WebDataset itself reads shards with
 
         self.path = path
-        self.archive = tarfile.open(path)  # random access: the index seeks past member data
+        try:
+            self.archive = tarfile.open(path)  # random access: the index seeks past member data
+        except tarfile.TarError as error:
+            raise ImageError(f"{path}: not a readable .tar shard (empty, cut short or not a tar file)") from error
         self.samples: list[tuple[str, tarfile.TarInfo | None]] = []
-        for member in self.archive:
-            key, field = base_plus_ext(member.name)
-            if not member.isreg() or key is None:
-                continue
-            if not self.samples or self.samples[-1][0] != key:
-                self.samples.append((key, None))
-            if field.lower() in IMAGE_FIELDS and self.samples[-1][1] is None:
-                self.samples[-1] = (key, member)
+        try:
+            for member in self.archive:
+                key, field = base_plus_ext(member.name)
+                if not member.isreg() or key is None:
+                    continue
+                if not self.samples or self.samples[-1][0] != key:
+                    self.samples.append((key, None))
+                if field.lower() in IMAGE_FIELDS and self.samples[-1][1] is None:
+                    self.samples[-1] = (key, member)
+            # tarfile ends its walk quietly at a header cut short or corrupt; a whole archive ends in a zero block.
+            self.archive.fileobj.seek(self.archive.offset)
+            ended = self.archive.fileobj.read(tarfile.BLOCKSIZE) == bytes(tarfile.BLOCKSIZE)
+        except tarfile.TarError:  # the last member's bytes run past the end of the file
+            ended = False
+        if not ended:  # a copy cut short: the samples before the damage still train
+            warnings.warn(f"{path}: cut short or corrupt after its first {len(self.samples)} sample(s); skipping the "
+                          f"rest of the shard", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -182,7 +203,11 @@ class Shard:
         key, member = self.samples[index]
         if member is None:
             raise ImageError(f"{self.path}:{key}: sample holds no image (fields named {', '.join(IMAGE_FIELDS)})")
-        return decode_image(self.archive.extractfile(member).read(), f"{self.path}:{key}")
+        try:
+            data = self.archive.extractfile(member).read()
+        except tarfile.TarError as error:  # the member's bytes run past the end of a shard cut short
+            raise ImageError(f"{self.path}:{key}: unreadable ({error})") from error
+        return decode_image(data, f"{self.path}:{key}")
 
     def image(self, index: int) -> Image.Image:
         """Sample `index`'s image; one that does not decode is skipped with a warning for the shard's next one."""
