@@ -279,6 +279,20 @@ def test_demo_writes_the_page_and_grids(trained, tmp_path, capsys):
     assert "demo page:" in capsys.readouterr().out
 
 
+def test_demo_keeps_the_users_photo_and_takes_a_one_row_one(trained, tmp_path, capsys):
+    photo = tmp_path / "demo" / "jpeg.png"  # named like a grid the demo writes, in its output folder
+    photo.parent.mkdir()
+    Image.new("RGB", (10, 1), (200, 30, 30)).save(photo)
+    before = photo.read_bytes()
+    argv = ["demo", "--checkpoint", str(trained / "run"), "--input", str(photo), "--steps", "1"]
+    with pytest.raises(SystemExit):
+        main(argv + ["--output", str(tmp_path / "demo")])
+    assert f"{photo}: would replace the input {photo}" in capsys.readouterr().err and photo.read_bytes() == before
+    main(argv + ["--output", str(tmp_path / "elsewhere")])  # 10x1: the zoom finds the hole's edge below or right
+    with Image.open(tmp_path / "elsewhere" / "inpainting_centre_full.png") as figure:
+        assert figure.size[0] == 3 * 10
+
+
 def test_demo_on_a_users_wide_image(trained, tmp_path):
     Image.open(example_images()[1]).convert("RGB").resize((61, 30)).save(tmp_path / "wide.png")
     main(["demo", "--checkpoint", str(trained / "run"), "--input", str(tmp_path / "wide.png"),

@@ -28,6 +28,18 @@ def test_the_quality_of_a_pillow_jpeg_is_read_back_exactly(tmp_path, quality):
     assert file_quality(tmp_path / "photo.jpg") == quality
 
 
+def test_a_jpeg_over_pillows_pixel_limit_is_refused_in_one_line_by_palettes_own(tmp_path, monkeypatch, capsys):
+    from palette.cli import main
+
+    _photo().save(tmp_path / "huge.jpg", quality=10)  # 48x48: "huge" under a limit of 500 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # Pillow refuses images over twice its limit
+    monkeypatch.setenv("PALETTE_MAX_PIXELS", "1000")
+    assert file_quality(tmp_path / "huge.jpg") is None  # reading it is what names the problem
+    with pytest.raises(SystemExit):
+        main(["sample", "--task", "jpeg", "--input", str(tmp_path / "huge.jpg"), "--output", str(tmp_path / "o.png")])
+    assert "huge.jpg: refusing to decode" in capsys.readouterr().err
+
+
 def test_files_that_are_not_jpegs_have_no_quality(tmp_path):
     _photo().save(tmp_path / "photo.png")
     (tmp_path / "notes.txt").write_text("not an image")

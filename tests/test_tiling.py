@@ -310,3 +310,11 @@ def test_strips_and_single_pixels_can_be_extended(height, width, sides):
     extended = extend_image(model, image, steps=2, progress=False, **sides)
     assert extended.shape == (3, height + sides.get("bottom", 0), width + sides.get("right", 0))
     assert torch.equal(extended[:, :height, :width], image)
+
+
+def test_an_extension_over_the_pixel_limit_is_refused_before_any_sampling(monkeypatch):
+    monkeypatch.setenv("PALETTE_MAX_PIXELS", "1000")
+    model = Model(SmoothNet(), _config(), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"would be 60x20, 0\.0 megapixels, over the limit of 1,000 pixels"):
+        extend_image(model, _photo(20, 20), right=40, progress=False)
+    assert extend_image(model, _photo(20, 20), right=30, steps=1, progress=False).shape == (3, 20, 50)

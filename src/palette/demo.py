@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .checkpoint import bundled_model_path
 from .data import centre_crop
-from .imageio import list_images, open_image, pil_to_tensor, save_image
+from .imageio import list_images, open_image, pil_to_tensor, refuse_writing_over, save_image
 from .inference import Model, load_models, restore, restore_image
 from .tiling import resize
 from .tasks import Task, get_task
@@ -76,10 +76,14 @@ def _focus(mask: torch.Tensor | None, height: int, width: int) -> tuple[int, int
     if mask is None or mask.amin() > 0.5:
         return height // 2, width // 2
     generated = mask[0] > 0.5
-    edge = torch.zeros_like(generated)
+    edge = torch.zeros_like(generated)  # a pixel whose neighbour above, below, left or right differs
     edge[1:] |= generated[1:] != generated[:-1]
+    edge[:-1] |= generated[:-1] != generated[1:]
     edge[:, 1:] |= generated[:, 1:] != generated[:, :-1]
+    edge[:, :-1] |= generated[:, :-1] != generated[:, 1:]
     rows, cols = torch.nonzero(edge & generated, as_tuple=True)
+    if not len(rows):  # nothing generated (a mask drawn on a photo too small to hold its hole)
+        return height // 2, width // 2
     return int(rows.float().mean()), int(cols.float().mean())
 
 
@@ -127,6 +131,9 @@ def run_demo(output: str | Path = "demo", input: str | Path | None = None, check
     """Restore every demo case (and, with `full_size`, one photo at its size) and write `output/index.html`."""
     start = time.perf_counter()
     output = Path(output)
+    written = ["index.html", "denoising.png", "diversity.png",
+               *(f"{case.task.label}{part}.png" for case in DEMO_CASES for part in ("", "_full"))]
+    refuse_writing_over([output / name for name in written], [input] if input else [])
     output.mkdir(parents=True, exist_ok=True)
     models = load_models(checkpoint, device)  # with the shipped model, the JPEG model: its page shows it beside
     model: Model = next(iter(models.values()))

@@ -24,6 +24,7 @@ from .config import Config
 from .diffusion import paste_known, training_noise_levels, x0_from_eps, x0_from_v
 from .filters import smooth_chroma, smooth_deep_hole_colour
 from .guidance import load_guide, weak_network
+from .imageio import MAX_PIXELS_ENV, max_pixels
 from .network import PaletteNet, autocast, network_input, regression_output
 from .samplers import Denoiser, StepCallback, check_sampling, make_scheduler, run_sampler, sdedit_start_step
 from .tasks import Task, get_task, luma, source_estimate
@@ -288,6 +289,10 @@ def extend_image(model: Model, image: torch.Tensor, left: int = 0, right: int = 
     if not left + right + top + bottom:
         raise ValueError("nothing to extend: give --left, --right, --top or --bottom")
     height, width = image.shape[1:]
+    if (pixels := (top + height + bottom) * (left + width + right)) > max_pixels():
+        raise ValueError(f"the extended image would be {left + width + right}x{top + height + bottom}, "
+                         f"{pixels / 1e6:.1f} megapixels, over the limit of {max_pixels():,} pixels "
+                         f"({MAX_PIXELS_ENV}=<pixels> raises it)")
     canvas = torch.zeros(3, top + height + bottom, left + width + right)
     canvas[:, top:top + height, left:left + width] = image
     mask = torch.ones(1, *canvas.shape[1:])

@@ -69,7 +69,7 @@ def file_quality(path: str | Path) -> int | None:
     try:
         with Image.open(path) as image:
             tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
-    except (OSError, UnidentifiedImageError):
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):  # reading the image says what is wrong
         return None
     if not tables or len(tables[0]) != ANNEX_K_LUMINANCE.size:
         return None
