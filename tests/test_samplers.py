@@ -11,7 +11,8 @@ DIFFUSION = DiffusionConfig()
 TRAINED = training_noise_levels(DIFFUSION)
 
 
-@pytest.mark.parametrize("name, steps", [("ddpm", 1000), ("ddpm", 50), ("ddim", 20), ("dpmpp", 20), ("unipc", 10)])
+@pytest.mark.parametrize("name, steps", [("ddpm", 1000), ("ddpm", 50), ("ddim", 20), ("dpmpp", 20), ("unipc", 10),
+                                         ("ddpm", 61), ("dpmpp", 61)])
 def test_an_oracle_denoiser_returns_the_target(name, steps):
     target = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     scheduler = make_scheduler(name, DIFFUSION, steps)
@@ -35,6 +36,14 @@ def test_an_oracle_denoiser_returns_the_target(name, steps):
         timesteps = noise_level_to_timestep(torch.tensor(seen_levels), training_log_snr_range(TRAINED))
         assert len(set(timesteps.round(decimals=3).tolist())) == steps
         assert min(seen_levels) >= TRAINED[-1].item() * (1 - 1e-5)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("steps", [61, 103, 227])
+def test_every_step_count_gives_that_many_steps_down_to_a_real_level(name, steps):
+    # A float-stride schedule (np.arange) gave these counts one more index, -1: the noisiest level wrapped round.
+    timesteps = make_scheduler(name, DIFFUSION, steps).timesteps
+    assert len(timesteps) == steps and int(timesteps.min()) >= 0 and bool((timesteps.diff() < 0).all())
 
 
 @pytest.mark.parametrize("steps", [-3, 0, MAX_STEPS + 1, 5000, 2.5, True])

@@ -67,7 +67,8 @@ class AncestralScheduler:
 
 def trailing_timesteps(num_train_timesteps: int, steps: int) -> np.ndarray:
     """`steps` indices into the schedule, noisiest first and evenly spaced from its last step ("trailing")."""
-    return (np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / steps)) - 1).astype(np.int64)
+    # Not np.arange with a float stride: its rounding can add a last index of -1 (61 of 2000 steps, for one).
+    return (np.round(num_train_timesteps - np.arange(steps) * num_train_timesteps / steps) - 1).astype(np.int64)
 
 
 class DPMSolverMultistep:
@@ -154,6 +155,11 @@ def make_scheduler(name: str, diffusion: DiffusionConfig, steps: int) -> Schedul
             scheduler = UniPCMultistepScheduler(**common, predict_x0=True, solver_order=2, lower_order_final=True,
                                                 final_sigmas_type="zero")
     scheduler.set_timesteps(steps)
+    if len(scheduler.timesteps) > steps:  # diffusers' trailing spacing has the float-stride slip trailing_timesteps
+        scheduler.timesteps = scheduler.timesteps[:steps]  # avoids: a last index of -1, the noisiest level wrapped
+        scheduler.num_inference_steps = steps
+        if getattr(scheduler, "sigmas", None) is not None:  # UniPC: one sigma a step, then the final zero
+            scheduler.sigmas = torch.cat([scheduler.sigmas[:steps], scheduler.sigmas[-1:]])
     return scheduler
 
 
