@@ -135,6 +135,15 @@ def test_palette_bench_command_and_module_entry_point(tmp_path, capsys, monkeypa
     assert result.stdout.startswith("usage: palette bench") and result.stderr == ""
 
 
+@pytest.mark.parametrize(("flag", "extra"), [("--steps", ["--parts", "train"]), ("--sample-batch", ["--parts", "sample"]),
+                                             ("--count", ["--quality", "jpeg", "--data", "unused"])])
+def test_a_count_below_one_is_one_line_naming_its_flag(flag, extra, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--preset", "tiny", "--size", "16", "--device", "cpu", "--no-compile", flag, "0",
+              "--out", str(tmp_path / "B.md"), *extra])
+    assert capsys.readouterr().err == f"palette bench: error: {flag} must be a positive whole number, got 0\n"
+
+
 def test_run_quality_compares_samplers_with_the_reference(image_folder, tmp_path):
     # Residual scales per task, as the shipped model has: every restore (warm-up included) must pass the task.
     values = tiny_values(image_folder, steps=2, checkpoint_every=2)

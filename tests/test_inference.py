@@ -206,6 +206,12 @@ def test_export_stores_changed_sampling_defaults_and_refuses_training_keys(rando
     assert out.read_bytes() == before
     main(["export", "--checkpoint", str(random_tiny_model), "--out", str(out), "--overwrite"])
     assert load_weights(out)[1].sampling.task_steps == {}
+    for bad, words in ((f"{tmp_path / 'new'}/", "names a folder; --out takes the file to write"),
+                       (str(out / "x.safetensors"), "cannot create its folder")):  # below a file
+        with pytest.raises(SystemExit):
+            main(["export", "--checkpoint", str(random_tiny_model), "--out", bad])
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_export_of_several_checkpoints_is_the_mean_of_their_weights(random_tiny_model, tmp_path, capsys):

@@ -312,6 +312,15 @@ def bench_command(arguments: Sequence[tuple[str, Any]]) -> str:
     return shlex.join(words)
 
 
+def check_positive(*flags: tuple[str, Any]) -> None:
+    """A ValueError naming the first (flag, value) given (not None) that is not a positive whole number."""
+    for flag, value in flags:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} must be a positive whole number, got {value!r}")
+
+
 def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16, device: str | None = None,
               steps: int = 20, samplers: Sequence[str] = DEFAULT_SAMPLERS, sample_batch: int = 32,
               compile: bool = True, backend: str = "inductor", parts: Sequence[str] = PARTS,
@@ -325,6 +334,7 @@ def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16,
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"unknown bench parts {unknown}; expected some of {', '.join(PARTS)}")
+    check_positive(("--steps", steps), ("--sample-batch", sample_batch), ("--batch-size", batch_size))
     for spec in samplers:
         parse_sampler(spec)
     device = check_device(device)

@@ -22,7 +22,8 @@ from unittest import mock
 import torch
 
 from . import folders, inference, samplers
-from .bench import bench_command, device_name, format_number, parse_sampler, publish, section_heading, synchronize
+from .bench import (bench_command, check_positive, device_name, format_number, parse_sampler, publish, section_heading,
+                    synchronize)
 from .folders import prepare_input
 from .inference import derive_seed, load_model, restore
 from .tasks import get_task
@@ -51,6 +52,7 @@ def run_quality(checkpoint: str | Path, data: str | Path, task: str | None = Non
 
     for spec in (reference, *samplers):
         parse_sampler(spec)
+    check_positive(("--count", count), ("--batch-size", batch_size))
     model = load_model(checkpoint, device)
     task = task or next(iter(model.config.data.tasks))
     size = model.image_size

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import (Config, ConfigError, DiffusionConfig, NetworkConfig, apply_overrides, config_from_dict,
                      config_to_dict)
-from .files import write_atomic
+from .files import ensure_folder, write_atomic
 from .network import with_mask_input
 
 CONFIG_KEY = "palette_config"
@@ -334,6 +334,8 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
     nothing that shaped the training can be changed here. An existing `out` is refused unless `overwrite`: an
     export may be the only copy of weights whose run has moved on.
     """
+    if str(out).endswith(("/", os.sep)):
+        raise CheckpointError(f"{out}: names a folder; --out takes the file to write (e.g. {out}model.safetensors)")
     if Path(out).exists() and not overwrite:
         raise CheckpointError(f"{out}: exists; choose another --out, or pass --overwrite to replace it")
     for override in overrides:
@@ -354,7 +356,7 @@ def export_weights(checkpoints: str | Path | Sequence[str | Path], out: str | Pa
     if overrides:
         config = config_from_dict(apply_overrides(config_to_dict(config), list(overrides)))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out)
     save_weights(out, state, config, dtype=torch.float16 if half else None)
     return out
 
