@@ -135,7 +135,8 @@ def test_palette_bench_command_and_module_entry_point(tmp_path, capsys, monkeypa
     assert result.stdout.startswith("usage: palette bench") and result.stderr == ""
 
 
-@pytest.mark.parametrize(("flag", "extra"), [("--steps", ["--parts", "train"]), ("--sample-batch", ["--parts", "sample"]),
+@pytest.mark.parametrize(("flag", "extra"), [("--steps", ["--parts", "train"]),
+                                             ("--sample-batch", ["--parts", "sample"]),
                                              ("--count", ["--quality", "jpeg", "--data", "unused"])])
 def test_a_count_below_one_is_one_line_naming_its_flag(flag, extra, tmp_path, capsys):
     with pytest.raises(SystemExit):
