@@ -142,7 +142,7 @@ def test_a_count_below_one_is_one_line_naming_its_flag(flag, extra, tmp_path, ca
     with pytest.raises(SystemExit):
         main(["bench", "--preset", "tiny", "--size", "16", "--device", "cpu", "--no-compile", flag, "0",
               "--out", str(tmp_path / "B.md"), *extra])
-    assert capsys.readouterr().err == f"palette bench: error: {flag} must be a positive whole number, got 0\n"
+    assert capsys.readouterr().err == f"palette bench: error: {flag} must be a positive integer, got 0\n"
 
 
 def test_run_quality_compares_samplers_with_the_reference(image_folder, tmp_path):

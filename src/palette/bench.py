@@ -35,7 +35,7 @@ from .data import PaletteDataset, SampleNumbers
 from .diffusion import training_noise_levels
 from .inference import Model, restore
 from .network import PaletteNet, autocast, count_parameters, network_input
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, check_positive
 from .training import make_optimizer, optimization_step
 
 Part = Literal["train", "nfe", "sample", "data"]
@@ -310,15 +310,6 @@ def bench_command(arguments: Sequence[tuple[str, Any]]) -> str:
             elif item is not None and item is not False:
                 words += [flag, str(item)]
     return shlex.join(words)
-
-
-def check_positive(*flags: tuple[str, Any]) -> None:
-    """A ValueError naming the first (flag, value) given (not None) that is not a positive whole number."""
-    for flag, value in flags:
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{flag} must be a positive whole number, got {value!r}")
 
 
 def run_bench(preset: str = "base", image_size: int = 256, batch_size: int = 16, device: str | None = None,

@@ -22,10 +22,10 @@ from unittest import mock
 import torch
 
 from . import folders, inference, samplers
-from .bench import (bench_command, check_positive, device_name, format_number, parse_sampler, publish, section_heading,
-                    synchronize)
+from .bench import bench_command, device_name, format_number, parse_sampler, publish, section_heading, synchronize
 from .folders import prepare_input
 from .inference import derive_seed, load_model, restore
+from .samplers import check_positive
 from .tasks import get_task
 
 QUALITY_SAMPLERS = tuple(f"{name}:{steps}" for name in ("ddim", "dpmpp", "unipc") for steps in (10, 20, 25, 50, 100))

@@ -25,7 +25,7 @@ from .imageio import (IMAGE_SUFFIXES, ImageError, check_unique_stems, image_inpu
                       output_format, refuse_input_as_output, refuse_writing_over, save_image)
 from .inference import Precision, derive_seed, extend_image, load_model, restore_image, trained_tasks
 from .masks import EmptyMaskError, load_mask
-from .samplers import check_sampling
+from .samplers import check_positive, check_sampling
 from .shards import rank_slice
 from .tasks import Task, get_task
 
@@ -127,9 +127,7 @@ def sample_folder(checkpoint: str | Path, task: str, input: str | Path, output: 
     # Fail on bad options before loading anything.
     task_to_run = get_task(task)
     check_sampling(sampler, steps, guidance, strength)
-    for flag, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    check_positive(("--num-samples", num_samples), ("--batch-size", batch_size))
     input, output = Path(input), Path(output)
     refuse_input_as_output(input, output)
     paths = image_inputs(input, output, preview)

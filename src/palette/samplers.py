@@ -121,6 +121,15 @@ def check_sampling(sampler: str | None, steps: int | None, guidance: float | Non
         raise ValueError(f"--strength must be in (0, 1] (1: from pure noise), got {strength!r}")
 
 
+def check_positive(*flags: tuple[str, Any]) -> None:
+    """A ValueError naming the first (flag, value) given (not None) that is not a positive integer."""
+    for flag, value in flags:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+
+
 def trained_betas(diffusion: DiffusionConfig) -> np.ndarray:
     """The training schedule's betas: fast samplers step only through noise levels the network was trained on."""
     return linear_betas(diffusion.train_steps, diffusion.train_beta_start, diffusion.train_beta_end).numpy()

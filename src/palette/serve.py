@@ -152,7 +152,7 @@ def restore_upload(model: Model, task_name: str, photo: str | Path, strokes: np.
         if task.has_known_region:
             before = torch.where(mask > 0.5, torch.zeros_like(image), image)  # the hole as mid-gray
         else:  # what the model starts from: the gray image for colorization, the photo for JPEG
-            before = task.condition_from_input(image, None, np.random.default_rng(0)).condition
+            before = task.take_input(image)
             if note := task.input_note(image):
                 notes.append(note)
     restored = [restore_one(seed=sample_seed) for sample_seed in tqdm(seeds, desc="samples", disable=not progress)]
